@@ -1,0 +1,140 @@
+"""Typed run configuration: YAML file + ``key.path=value`` overrides, validated on load, saved resolved with every run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    """The shared trunk: modality tokens -> fusion transformer -> [CLS]."""
+
+    d_model: int = Field(64, ge=8)
+    n_heads: int = Field(4, ge=1)
+    n_layers: int = Field(2, ge=1, description="self-attention fusion layers over [CLS] + all modality tokens")
+    n_cross_layers: int = Field(2, ge=0, description="text-to-frame cross-attention layers (X-VLM style)")
+    feature_tokens: int = Field(4, ge=1, description="tokens a numeric feature vector is projected into")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "ModelConfig":
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        return self
+
+
+class TeacherConfig(_Strict):
+    """DF-X-VLM-style teacher: the student trunk + a dense-feature tower fused late."""
+
+    use_privileged: bool = Field(True, description="false gives the self-distillation control teacher")
+    dense_hidden: list[int] = Field(default_factory=lambda: [128, 64])
+    group_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="probability of dropping a privileged group")
+    groups: dict[str, list[str]] | None = Field(
+        None, description="privileged groups as name -> column globs; default: one group per column"
+    )
+    calibrate: bool = Field(True, description="fit a temperature per task on validation before computing confidence")
+    oof_folds: int = Field(0, ge=0, description="K>=2: cross-fitted (out-of-fold) teacher outputs on train rows")
+
+
+class DistillConfig(_Strict):
+    """L = (1-λ)·CE(y, s) + λ·w_i·τ²·KD(t/τ, s/τ); see docs/method.md."""
+
+    method: Literal["none", "pfd", "cpfd"] = "cpfd"
+    lam: float = Field(0.5, ge=0.0, le=1.0, description="λ, weight of the imitation term")
+    temperature: float = Field(2.0, gt=0.0, description="τ")
+    confidence: str = Field("true_class", description="name in the confidence registry")
+    weighting: Literal["kd_only", "interpolate", "gate"] = "kd_only"
+    gate_threshold: float = Field(0.5, ge=0.0, le=1.0, description="γ for weighting=gate")
+    normalize: bool = Field(False, description="divide w by its batch mean (separates weighting from a smaller λ)")
+    floor: float = Field(0.0, ge=0.0, le=1.0, description="w >= floor")
+    use_unlabelled: bool = Field(True, description="distil on rows without labels (they carry most of the gain)")
+    feature_kd: Literal["none", "mse", "cosine"] = "none"
+    feature_kd_weight: float = Field(1.0, ge=0.0)
+    teacher_outputs: Literal["cached", "online"] = Field(
+        "cached", description="online runs the frozen teacher every step (for benchmarks); cached reads the cache"
+    )
+
+    @model_validator(mode="after")
+    def _interpolate_weights_in_unit_range(self) -> "DistillConfig":
+        if self.weighting == "interpolate" and self.normalize:
+            raise ValueError("weighting=interpolate needs c in [0, 1]; it cannot be combined with normalize")
+        return self
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(30, ge=1)
+    patience: int = Field(5, ge=1, description="early stopping on validation F1")
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    seed: int = 0
+    devices: int = Field(1, ge=1)
+    accelerator: str = "cpu"
+    precision: str = "32-true"
+    num_workers: int = Field(0, ge=0)
+    progress: bool = True
+
+
+class RunConfig(_Strict):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _parse_value(text: str) -> Any:
+    return yaml.safe_load(text)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings (values parsed as YAML) onto a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        path, value = item.split("=", 1)
+        node = raw
+        keys = path.strip().split(".")
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {key!r} is not a section")
+        node[keys[-1]] = _parse_value(value)
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    raw: dict[str, Any] = {}
+    if path is not None:
+        text = Path(path).read_text()
+        raw = yaml.safe_load(text) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the config must be a mapping of sections")
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        where = f"{path}" if path else "config"
+        lines = [f"{where}: invalid configuration"]
+        for e in err.errors():
+            lines.append(f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def save_config(config: RunConfig, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+    from cpfd.io import atomic_write_text
+
+    data = config.model_dump(mode="json")
+    if extra:
+        data = {**extra, **data}
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))

@@ -1,0 +1,123 @@
+"""``dataset.yaml`` (format v1, see docs/dataset-format.md) and the error type every validation failure uses.
+
+Rows in messages are 1-based data rows of the named file (the header is not counted), so "row 3" is the third
+record of that file, whatever its format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+SPLITS = ("train", "val", "test")
+TASK_TYPES = ("binary", "multiclass", "multilabel")
+MAX_LISTED_ROWS = 10
+
+
+@dataclass
+class Problem:
+    """One validation failure, located by file, row(s) and column."""
+
+    file: str
+    message: str
+    column: str | None = None
+    rows: list[int] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        where = [self.file]
+        if self.column is not None:
+            where.append(f"column {self.column!r}")
+        if self.rows:
+            shown = ", ".join(str(r) for r in self.rows[:MAX_LISTED_ROWS])
+            more = f" (+{len(self.rows) - MAX_LISTED_ROWS} more)" if len(self.rows) > MAX_LISTED_ROWS else ""
+            where.append(f"row{'s' if len(self.rows) > 1 else ''} {shown}{more}")
+        ids = ""
+        if self.ids:
+            ids = f" [id: {', '.join(self.ids[:MAX_LISTED_ROWS])}{' ...' if len(self.ids) > MAX_LISTED_ROWS else ''}]"
+        return f"{', '.join(where)}: {self.message}{ids}"
+
+
+class DatasetError(ValueError):
+    """Raised before any compute when a dataset breaks the contract; lists every problem found."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        lines = [f"dataset is invalid ({len(problems)} problem{'s' if len(problems) != 1 else ''}):"]
+        lines += [f"  - {p}" for p in problems]
+        super().__init__("\n".join(lines))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InputsSpec(_Strict):
+    video: str | None = None
+    frames: str | None = None
+    text: list[str] | None = None
+    features: list[str] | None = None
+
+    @field_validator("text", "features", mode="before")
+    @classmethod
+    def _listify(cls, v):
+        return [v] if isinstance(v, str) else v
+
+
+class TaskSpec(_Strict):
+    name: str
+    type: Literal["binary", "multiclass", "multilabel"]
+    column: str
+    classes: list[str] | None = None
+
+
+class DatasetSpec(_Strict):
+    format: Literal[1] = 1
+    name: str
+    table: str
+    id: str
+    split: str | None = None
+    group: str | None = None
+    inputs: InputsSpec
+    privileged: list[str] = Field(default_factory=list)
+    tasks: list[TaskSpec] = Field(min_length=1)
+
+    @field_validator("privileged", mode="before")
+    @classmethod
+    def _listify(cls, v):
+        return [v] if isinstance(v, str) else (v or [])
+
+
+def load_spec(folder: str | Path) -> tuple[DatasetSpec, Path]:
+    """Read ``<folder>/dataset.yaml``; unknown keys and wrong types are a :class:`DatasetError`."""
+    folder = Path(folder)
+    path = folder / "dataset.yaml" if folder.is_dir() else folder
+    if not path.exists():
+        raise DatasetError([Problem(str(path), "dataset.yaml not found (a dataset is a folder with dataset.yaml)")])
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise DatasetError([Problem(str(path), f"not valid YAML: {err}")]) from None
+    if not isinstance(raw, dict):
+        raise DatasetError([Problem(str(path), "must be a mapping with keys format, name, table, id, inputs, tasks")])
+    try:
+        spec = DatasetSpec.model_validate(raw)
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            key = ".".join(str(p) for p in e["loc"])
+            msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+            problems.append(Problem(str(path), f"{msg}", column=None if not key else None, rows=[]))
+            problems[-1].message = f"key {key!r}: {msg}"
+        raise DatasetError(problems) from None
+    names = [t.name for t in spec.tasks]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise DatasetError([Problem(str(path), f"duplicate task names: {', '.join(dupes)}")])
+    if not any([spec.inputs.video, spec.inputs.frames, spec.inputs.text, spec.inputs.features]):
+        raise DatasetError([Problem(str(path), "inputs: at least one student input (video, frames, text, features)")])
+    return spec, path.parent

@@ -1,0 +1,1 @@
+"""Distillation: confidence functions (registry), losses (registry), teacher temperature calibration."""

@@ -1,0 +1,177 @@
+"""Hard loss, Hinton KD, and the training objectives (baseline, PFD, CPFD) in a registry (``distill.method``).
+
+Shapes follow the task type: binary logits (B, 1), multiclass (B, C), multilabel (B, L). Element-wise losses come
+back as (B,) for binary/multiclass and (B, L) for multilabel, so per-label confidence weights line up.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cpfd.config import DistillConfig
+from cpfd.distill.confidence import CONFIDENCES
+from cpfd.distill.probs import task_probs
+from cpfd.registry import Registry
+
+LOSSES: Registry = Registry("loss")
+
+
+def hard_loss(logits: Tensor, labels: Tensor, task_type: str) -> Tensor:
+    r"""Supervised loss per element: BCE for binary and per label, softmax cross-entropy for multiclass.
+
+    :math:`\mathrm{CE}(y, s) = -\log \mathrm{softmax}(s)_y` (multiclass),
+    :math:`-[y\log\sigma(s) + (1-y)\log(1-\sigma(s))]` (binary, multilabel per label).
+    Rows without a label must be masked by the caller (their label value is arbitrary).
+    """
+    if task_type == "binary":
+        return F.binary_cross_entropy_with_logits(logits.reshape(-1), labels.float(), reduction="none")
+    if task_type == "multiclass":
+        return F.cross_entropy(logits, labels.clamp(min=0).long(), reduction="none")
+    return F.binary_cross_entropy_with_logits(logits, labels.float(), reduction="none")
+
+
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float, task_type: str) -> Tensor:
+    r"""Hinton distillation: cross-entropy of the student's tempered distribution against the teacher's, times τ².
+
+    :math:`\mathrm{KD} = -\tau^2 \sum_k p^t_k(\tau) \log p^s_k(\tau)` with :math:`p(\tau) = \mathrm{softmax}(z/\tau)`
+    (multiclass); Bernoulli per label with :math:`q = \sigma(z/\tau)` for binary and multilabel.
+    Reference: Hinton, Vinyals & Dean, *Distilling the Knowledge in a Neural Network*, 2015 (the τ² keeps the
+    gradient scale independent of τ).
+    """
+    tau = temperature
+    t = teacher_logits.detach()
+    if task_type == "multiclass":
+        p_t = torch.softmax(t / tau, dim=-1)
+        return -(p_t * torch.log_softmax(student_logits / tau, dim=-1)).sum(-1) * tau**2
+    s = student_logits / tau
+    q_t = torch.sigmoid(t / tau)
+    if task_type == "binary":
+        s, q_t = s.reshape(-1), q_t.reshape(-1)
+    return F.binary_cross_entropy_with_logits(s, q_t, reduction="none") * tau**2
+
+
+def feature_kd_loss(student_projected: Tensor, teacher_embedding: Tensor, kind: str) -> Tensor:
+    r"""Per-row feature distillation between the projected student [CLS] and the teacher's fused vector.
+
+    ``mse``: :math:`\frac{1}{D}\lVert P s - t\rVert^2`; ``cosine``: :math:`1 - \cos(P s, t)`.
+    Reference: Romero et al., *FitNets: Hints for Thin Deep Nets*, ICLR 2015 (a regressor onto teacher features).
+    """
+    t = teacher_embedding.detach()
+    if kind == "mse":
+        return ((student_projected - t) ** 2).mean(-1)
+    if kind == "cosine":
+        return 1 - F.cosine_similarity(student_projected, t, dim=-1)
+    raise ValueError(f"unknown feature_kd {kind!r} (mse, cosine)")
+
+
+def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``values`` over rows where ``mask``; (B, L) values use a (B,) mask broadcast over labels."""
+    m = mask.float()
+    if values.dim() == 2:
+        m = m.unsqueeze(-1).expand_as(values)
+    return (values * m).sum() / m.sum().clamp(min=1.0)
+
+
+@LOSSES.register("none")
+class SupervisedLoss(nn.Module):
+    r"""Baseline student: :math:`L = \mathrm{CE}(y, s)` averaged over labelled rows of each task, summed over tasks."""
+
+    def __init__(self, cfg: DistillConfig, task_types: dict[str, str], calibration: dict[str, float] | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.task_types = task_types
+        self.calibration = calibration or {}
+
+    def forward(self, output: dict, batch: dict) -> dict[str, Tensor]:
+        total = 0.0
+        parts: dict[str, Tensor] = {}
+        for task, ttype in self.task_types.items():
+            ce = hard_loss(output["logits"][task], batch["labels"][task], ttype)
+            parts[f"ce/{task}"] = _masked_mean(ce, batch["label_mask"][task])
+            total = total + parts[f"ce/{task}"]
+        return {"loss": total, **parts}
+
+
+@LOSSES.register("pfd")
+class PFDLoss(SupervisedLoss):
+    r"""Vanilla privileged-feature distillation: :math:`L = (1-\lambda)\,\mathrm{CE}(y,s) + \lambda\,\tau^2\,
+    \mathrm{KD}(t/\tau, s/\tau)` with every row weighted equally.
+
+    CE averages over labelled rows, KD over every row (unlabelled rows contribute KD only).
+    Reference: Xu et al., *Privileged Features Distillation at Taobao Recommendations*, KDD 2020.
+    """
+
+    def sample_weights(self, task: str, teacher_logits: Tensor, batch: dict) -> Tensor:
+        shape = teacher_logits.shape if self.task_types[task] == "multilabel" else teacher_logits.shape[:1]
+        return torch.ones(shape, device=teacher_logits.device)
+
+    def combine(self, ce: Tensor, kd: Tensor, w: Tensor, mask: Tensor) -> Tensor:
+        lam = self.cfg.lam
+        return (1 - lam) * _masked_mean(ce, mask) + lam * (w * kd).mean()
+
+    def forward(self, output: dict, batch: dict) -> dict[str, Tensor]:
+        total = 0.0
+        parts: dict[str, Tensor] = {}
+        weights = []
+        for task, ttype in self.task_types.items():
+            s = output["logits"][task]
+            t = batch["teacher_logits"][task]
+            mask = batch["label_mask"][task]
+            ce = hard_loss(s, batch["labels"][task], ttype)
+            kd = kd_loss(s, t, self.cfg.temperature, ttype)
+            w = self.sample_weights(task, t, batch).detach()
+            task_loss = self.combine(ce, kd, w, mask)
+            weights.append(w.reshape(w.shape[0], -1).mean(-1))
+            parts[f"ce/{task}"] = _masked_mean(ce, mask).detach()
+            parts[f"kd/{task}"] = kd.mean().detach()
+            parts[f"w/{task}"] = w.mean().detach()
+            total = total + task_loss
+        if self.cfg.feature_kd != "none" and "projected" in output:
+            row_w = torch.stack(weights).mean(0)
+            fkd = feature_kd_loss(output["projected"], batch["teacher_embedding"], self.cfg.feature_kd)
+            parts["feature_kd"] = (row_w * fkd).mean().detach()
+            total = total + self.cfg.feature_kd_weight * (row_w * fkd).mean()
+        return {"loss": total, **parts}
+
+
+@LOSSES.register("cpfd")
+class CPFDLoss(PFDLoss):
+    r"""Confidence-aware PFD: :math:`L = (1-\lambda)\,\mathrm{CE}(y,s) + \lambda\, w_i\, \tau^2\,
+    \mathrm{KD}(t/\tau, s/\tau)`, :math:`w_i = \mathrm{stopgrad}(c_i)`.
+
+    :math:`c_i` comes from the confidence registry on the calibrated teacher (temperature from validation).
+    Weighting modes: ``kd_only`` (above); ``interpolate``: :math:`(1-c_i)\,\mathrm{CE} + c_i\,\mathrm{KD}`;
+    ``gate``: :math:`w_i = \mathbb{1}[c_i \ge \gamma]`. Options: ``floor`` (:math:`w_i \ge w_{min}`) then
+    ``normalize`` (divide by the batch mean of w).
+    Reference: Shi et al., *CPFD: Confidence-aware Privileged Feature Distillation for Short Video
+    Classification*, CIKM 2024.
+    """
+
+    def __init__(self, cfg: DistillConfig, task_types: dict[str, str], calibration: dict[str, float] | None = None):
+        super().__init__(cfg, task_types, calibration)
+        self.confidence = CONFIDENCES.get(cfg.confidence)
+
+    def confidences(self, task: str, teacher_logits: Tensor, batch: dict) -> Tensor:
+        ttype = self.task_types[task]
+        probs = task_probs(teacher_logits.detach(), ttype, self.calibration.get(task, 1.0))
+        return self.confidence(probs, batch["labels"][task], batch["label_mask"][task], ttype)
+
+    def sample_weights(self, task: str, teacher_logits: Tensor, batch: dict) -> Tensor:
+        c = self.confidences(task, teacher_logits, batch)
+        if self.cfg.weighting == "gate":
+            c = (c >= self.cfg.gate_threshold).float()
+        w = c.clamp(min=self.cfg.floor)
+        if self.cfg.normalize:
+            w = w / w.mean().clamp(min=1e-8)
+        return w
+
+    def combine(self, ce: Tensor, kd: Tensor, w: Tensor, mask: Tensor) -> Tensor:
+        if self.cfg.weighting != "interpolate":
+            return super().combine(ce, kd, w, mask)
+        return _masked_mean((1 - w) * ce, mask) + (w * kd).mean()
+
+
+def build_loss(cfg: DistillConfig, task_types: dict[str, str], calibration: dict[str, float] | None = None) -> nn.Module:
+    return LOSSES.get(cfg.method)(cfg, task_types, calibration)

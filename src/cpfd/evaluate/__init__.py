@@ -1,0 +1,1 @@
+"""Metrics (scikit-learn / torchmetrics), CPFD weight diagnostics, reports and plots."""

@@ -1,0 +1,97 @@
+"""The teacher (DF-X-VLM style): the student's trunk + a dense-feature tower, fused late: ``head([cls ; mlp(d)])``."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from cpfd.config import ModelConfig, TeacherConfig
+from cpfd.models.fusion import FusionTrunk
+from cpfd.models.heads import TaskHeads
+
+
+class DenseTower(nn.Module):
+    """Privileged dense features -> vector.
+
+    Standardisation is fitted on train rows (:meth:`fit`); a missing value becomes 0 with its mask bit set, and
+    the mask is an extra input so the tower can tell "missing" from "average". During training each privileged
+    group is dropped with probability ``group_dropout`` (zeroed and marked missing) so the teacher stays sane when
+    a scenario lacks a feature group.
+    """
+
+    def __init__(self, n_features: int, hidden: list[int], group_ids: list[int], group_dropout: float, dropout: float):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_features))
+        self.register_buffer("std", torch.ones(n_features))
+        self.register_buffer("group_ids", torch.tensor(group_ids, dtype=torch.long))
+        self.n_groups = max(group_ids) + 1 if group_ids else 0
+        self.group_dropout = group_dropout
+        layers: list[nn.Module] = []
+        width = 2 * n_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.GELU(), nn.Dropout(dropout)]
+            width = h
+        self.mlp = nn.Sequential(*layers)
+        self.out_dim = width
+
+    @torch.no_grad()
+    def fit(self, train_values: Tensor) -> None:
+        """Per-feature mean/std from train rows, ignoring NaN; constant or all-missing columns get std 1."""
+        finite = ~torch.isnan(train_values)
+        count = finite.sum(0).clamp(min=1)
+        filled = torch.where(finite, train_values, torch.zeros_like(train_values))
+        mean = filled.sum(0) / count
+        var = (torch.where(finite, train_values - mean, torch.zeros_like(train_values)) ** 2).sum(0) / count
+        std = var.sqrt()
+        self.mean.copy_(mean)
+        self.std.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)))
+
+    def forward(self, values: Tensor) -> Tensor:
+        missing = torch.isnan(values)
+        if self.training and self.group_dropout > 0 and self.n_groups:
+            drop = torch.rand(values.shape[0], self.n_groups, device=values.device) < self.group_dropout
+            missing = missing | drop[:, self.group_ids]
+        z = torch.where(missing, torch.zeros_like(values), (values - self.mean) / self.std)
+        return self.mlp(torch.cat([z, missing.float()], dim=1))
+
+
+class Teacher(nn.Module):
+    """Student trunk (+ dense tower when ``use_privileged``); without the tower it is the self-distillation teacher."""
+
+    def __init__(
+        self,
+        input_shapes: dict[str, tuple[int, ...]],
+        task_outputs: dict[str, int],
+        cfg: ModelConfig,
+        teacher_cfg: TeacherConfig,
+        n_privileged: int,
+        group_ids: list[int] | None = None,
+    ):
+        super().__init__()
+        self.trunk = FusionTrunk(input_shapes, cfg)
+        self.tower = None
+        width = self.trunk.out_dim
+        if teacher_cfg.use_privileged:
+            if n_privileged == 0:
+                raise ValueError("a privileged teacher needs privileged columns in the dataset")
+            self.tower = DenseTower(n_privileged, teacher_cfg.dense_hidden, group_ids or list(range(n_privileged)),
+                                    teacher_cfg.group_dropout, cfg.dropout)
+            width += self.tower.out_dim
+        self.heads = TaskHeads(width, task_outputs, cfg.dropout)
+        self.embedding_dim = width
+
+    def forward(
+        self,
+        features: Tensor | None = None,
+        frames: Tensor | None = None,
+        frames_mask: Tensor | None = None,
+        text: Tensor | None = None,
+        text_mask: Tensor | None = None,
+        privileged: Tensor | None = None,
+    ) -> dict:
+        cls = self.trunk(features=features, frames=frames, frames_mask=frames_mask, text=text, text_mask=text_mask)
+        if self.tower is not None:
+            if privileged is None:
+                raise ValueError("this teacher needs privileged features")
+            cls = torch.cat([cls, self.tower(privileged)], dim=1)
+        return {"logits": self.heads(cls), "embedding": cls}

@@ -1,0 +1,215 @@
+"""The training loop: one readable Lightning Fabric loop, used for teachers and students alike.
+
+Single process on the CPU by default. The same code runs data-parallel::
+
+    cpfd distill DATA --teacher runs/teacher --out runs/cpfd --devices 2            # Fabric starts 2 processes
+    torchrun --nproc_per_node 2 -m cpfd distill DATA --teacher runs/teacher ...      # or torchrun, multi-node too
+
+Rows are sharded with a seeded ``DistributedSampler`` (also with one process, so shuffling is identical and a
+resumed run replays exactly). Only rank 0 logs and writes checkpoints. Every rank scores the small validation
+split itself, so all ranks take the same early-stopping decision without talking to each other.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning_fabric import Fabric
+from lightning_fabric.loggers import CSVLogger, TensorBoardLogger
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm.auto import tqdm
+
+from cpfd.config import TrainConfig
+from cpfd.data.prepared import PreparedData
+from cpfd.evaluate.evaluation import evaluate_logits
+from cpfd.io import atomic_write_json
+from cpfd.train.batches import RowDataset, TeacherTargets, passthrough
+from cpfd.train.checkpoint import load_training_state, load_weights, save_training_state, save_weights
+
+Forward = Callable[[nn.Module, dict], dict]
+
+
+def student_forward(model: nn.Module, batch: dict) -> dict:
+    return model(**batch["student"])
+
+
+def teacher_forward(model: nn.Module, batch: dict) -> dict:
+    return model(**batch["student"], privileged=batch.get("privileged"))
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_score: float
+    epochs_run: int
+    stopped_early: bool
+    history: list[dict] = field(default_factory=list)
+
+
+def make_fabric(cfg: TrainConfig) -> Fabric:
+    """CPU single process unless ``devices > 1`` (DDP; gloo on CPU); torchrun's environment is picked up."""
+    strategy = "ddp" if cfg.devices > 1 else "auto"
+    fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, strategy=strategy, precision=cfg.precision)
+    fabric.launch()
+    return fabric
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    data: PreparedData,
+    indices: np.ndarray,
+    forward: Forward,
+    batch_size: int = 1024,
+    with_privileged: bool = False,
+    device: torch.device | str = "cpu",
+) -> dict:
+    """Logits and embedding for ``indices``, scattered into tensors that cover every row (zeros elsewhere)."""
+    was_training = model.training
+    model.eval()
+    n = len(data)
+    logits = {t.name: torch.zeros(n, t.n_outputs) for t in data.tasks}
+    embedding = None
+    dataset = RowDataset(data, indices, with_privileged=with_privileged)
+    for start in range(0, len(indices), batch_size):
+        batch = dataset.__getitems__(list(range(start, min(start + batch_size, len(indices)))))
+        batch = _to_device(batch, device)
+        out = forward(model, batch)
+        rows = batch["index"].cpu()
+        for task, z in out["logits"].items():
+            logits[task][rows] = z.float().cpu()
+        if embedding is None:
+            embedding = torch.zeros(n, out["embedding"].shape[1])
+        embedding[rows] = out["embedding"].float().cpu()
+    model.train(was_training)
+    return {"logits": logits, "embedding": embedding}
+
+
+def _to_device(obj, device):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    return obj
+
+
+def fit(
+    fabric: Fabric,
+    model: nn.Module,
+    objective: nn.Module,
+    data: PreparedData,
+    train_idx: np.ndarray,
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    forward: Forward,
+    *,
+    with_privileged: bool = False,
+    teacher_targets: TeacherTargets | None = None,
+    online_teacher: Callable[[dict], None] | None = None,
+    resume: bool = False,
+    desc: str = "train",
+) -> FitResult:
+    """Train ``model`` on ``train_idx`` with ``objective(output, batch)["loss"]``; early stopping on val mean F1.
+
+    The best weights (by validation F1) end up loaded in ``model`` and saved as ``best.safetensors``.
+    ``online_teacher`` (benchmarks) fills ``batch["teacher_logits"]`` from a frozen, never-DDP-wrapped teacher.
+    """
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    val_idx = data.indices("val", labelled_only=True)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
+    start_epoch, best_score, best_epoch, bad_epochs, history = 0, -math.inf, -1, 0, []
+    if resume and (ckpt_dir / "last.safetensors").exists():
+        load_weights(model, ckpt_dir / "last.safetensors")
+        info = load_training_state(ckpt_dir / "last_state.safetensors", optimizer)
+        start_epoch, best_score, best_epoch = info["epoch"] + 1, info["best_score"], info["best_epoch"]
+        bad_epochs, history = info["bad_epochs"], info["history"]
+        fabric.print(f"resuming {run_dir} at epoch {start_epoch}")
+    model, optimizer = fabric.setup(model, optimizer)
+
+    dataset = RowDataset(data, train_idx, with_privileged=with_privileged, teacher=teacher_targets)
+    sampler = DistributedSampler(
+        dataset, num_replicas=fabric.world_size, rank=fabric.global_rank, shuffle=True, seed=cfg.seed
+    )
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=passthrough,
+                        num_workers=cfg.num_workers)
+    loader = fabric.setup_dataloaders(loader, use_distributed_sampler=False)
+    loggers = [CSVLogger(run_dir / "logs", name="csv"), TensorBoardLogger(run_dir / "logs", name="tensorboard")]
+    show = cfg.progress and fabric.is_global_zero
+
+    stopped_early = False
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, cfg.epochs):
+        sampler.set_epoch(epoch)
+        model.train()
+        sums: dict[str, float] = {}
+        steps, rows, tic = 0, 0, time.perf_counter()
+        bar = tqdm(total=len(sampler), desc=f"{desc} {epoch + 1}/{cfg.epochs}", unit="row", leave=False,
+                   disable=not show, dynamic_ncols=True)
+        for batch in loader:
+            if online_teacher is not None:
+                online_teacher(batch)
+            out = objective(forward(model, batch), batch)
+            optimizer.zero_grad(set_to_none=True)
+            fabric.backward(out["loss"])
+            optimizer.step()
+            for key, value in out.items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach())
+            steps += 1
+            rows += len(batch["index"])
+            bar.update(len(batch["index"]))
+            bar.set_postfix(loss=f"{float(out['loss'].detach()):.4f}")
+        bar.close()
+        elapsed = time.perf_counter() - tic
+
+        preds = predict(model, data, val_idx, forward, with_privileged=with_privileged, device=fabric.device)
+        val = evaluate_logits(data, preds["logits"], eval_split="val", tune_split="val", by_group=False)
+        score = val["mean_f1"]
+        record = {f"train/{k}": v / max(steps, 1) for k, v in sums.items()}
+        record |= {"val/mean_f1": score, "epoch": epoch, "rows_per_s": rows * fabric.world_size / max(elapsed, 1e-9)}
+        record |= {f"val/f1/{t}": m["f1"] for t, m in val["tasks"].items()}
+        history.append(record)
+        if fabric.is_global_zero:
+            for logger in loggers:
+                logger.log_metrics(record, step=epoch)
+        improved = score > best_score
+        if improved:
+            best_score, best_epoch, bad_epochs = score, epoch, 0
+            if fabric.is_global_zero:
+                save_weights(_unwrap(model), ckpt_dir / "best.safetensors")
+        else:
+            bad_epochs += 1
+        if fabric.is_global_zero:
+            save_weights(_unwrap(model), ckpt_dir / "last.safetensors")
+            save_training_state(ckpt_dir / "last_state.safetensors", optimizer, {
+                "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+                "history": history})
+        if show:
+            tqdm.write(f"{desc} epoch {epoch + 1}: loss {record.get('train/loss', float('nan')):.4f} "
+                       f"val F1 {score:.4f}{' *' if improved else ''} ({record['rows_per_s']:.0f} rows/s)")
+        if bad_epochs >= cfg.patience:
+            stopped_early = True
+            break
+    fabric.barrier()
+    for logger in loggers:
+        logger.finalize("success") if fabric.is_global_zero else None
+    if (ckpt_dir / "best.safetensors").exists():
+        load_weights(_unwrap(model), ckpt_dir / "best.safetensors")
+    if fabric.is_global_zero:
+        atomic_write_json(run_dir / "history.json", history)
+    return FitResult(best_epoch, best_score, epoch + 1, stopped_early, history)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under Fabric's (and DDP's) wrappers, for saving and loading weights."""
+    inner = getattr(model, "module", model)
+    return getattr(inner, "module", inner)
