@@ -1,0 +1,3 @@
+from cpfd.cli import main
+
+main()

@@ -1,0 +1,252 @@
+"""``cpfd``: the command line. Thin: parse arguments, call the API, print."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cpfd.config import ConfigError, RunConfig, load_config
+from cpfd.data.contract import DatasetError
+
+app = typer.Typer(
+    help="Confidence-aware privileged feature distillation (CPFD): train a teacher on student inputs + privileged "
+    "dense features, then distil it into a student that sees only what is available online.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+DatasetArg = Annotated[Path, typer.Argument(help="dataset folder with dataset.yaml (format v1)")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML run config (sections: model, teacher, distill, train)")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a config value, e.g. --set train.lr=1e-3 (repeatable)")]
+SeedOpt = Annotated[Optional[int], typer.Option(help="random seed (model init, shuffling)")]
+EpochsOpt = Annotated[Optional[int], typer.Option(help="maximum epochs (early stopping on validation F1)")]
+DevicesOpt = Annotated[Optional[int], typer.Option(help="processes for DDP (CPU: gloo); also works under torchrun")]
+BadVideoOpt = Annotated[str, typer.Option(help="bad or missing video/frames: fail, or skip and list the rows in the report")]
+
+
+def _fail(err: Exception) -> None:
+    console.print(f"error: {err}", style="red", highlight=False, markup=False)
+    raise typer.Exit(2)
+
+
+def _config(config: Path | None, sets: list[str] | None, **flags) -> RunConfig:
+    overrides = list(sets or [])
+    for key, value in flags.items():
+        if value is not None:
+            overrides.append(f"{key}={json.dumps(value) if isinstance(value, str) else value}")
+    return load_config(config, overrides)
+
+
+def _load(dataset: Path, on_bad_video: str = "fail"):
+    from cpfd.data import load_dataset
+
+    if on_bad_video not in ("fail", "skip"):
+        raise typer.BadParameter("--on-bad-video must be fail or skip")
+    return load_dataset(dataset, on_bad_video=on_bad_video)
+
+
+@app.command()
+def validate(dataset: DatasetArg, on_bad_video: BadVideoOpt = "fail") -> None:
+    """Check a dataset against the contract (before any compute) and print what it holds."""
+    try:
+        data = _load(dataset, on_bad_video)
+    except DatasetError as err:
+        _fail(err)
+    table = Table(title=f"{data.name}: {len(data)} rows, fingerprint {data.fingerprint[:12]}")
+    table.add_column("split")
+    table.add_column("rows", justify="right")
+    for task in data.tasks:
+        table.add_column(f"{task.name} ({task.type}, {task.n_outputs if task.type != 'binary' else 2} classes)",
+                         justify="right")
+    for split in ("train", "val", "test"):
+        rows = data.split == split
+        table.add_row(split, str(int(rows.sum())), *[str(int((data.label_mask[t.name].numpy() & rows).sum()))
+                                                     for t in data.tasks])
+    Console().print(table)
+    unlabelled = int((~data.labelled_any).sum())
+    shapes = {k: tuple(v.shape[1:]) for k, v in data.student_inputs.items()}
+    Console().print(f"student inputs: {shapes}; privileged columns: {len(data.privileged_names)}; "
+                    f"unlabelled rows: {unlabelled}; groups: "
+                    f"{sorted(set(data.groups)) if data.groups is not None else 'none'}", highlight=False)
+    for row in data.skipped:
+        Console().print(f"skipped {row.file} row {row.row} [{row.id}] column {row.column!r}: {row.reason}",
+                        highlight=False, markup=False)
+    Console().print("[green]valid[/]")
+
+
+@app.command("fit-teacher")
+def fit_teacher_cmd(
+    dataset: DatasetArg,
+    out: Annotated[Path, typer.Option(help="run folder to write")] = Path("runs/teacher"),
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    seed: SeedOpt = None,
+    epochs: EpochsOpt = None,
+    devices: DevicesOpt = None,
+    oof_folds: Annotated[Optional[int], typer.Option(help="K>=2: also train K fold teachers for cross-fitted outputs")] = None,
+    no_privileged: Annotated[bool, typer.Option(help="train without privileged features (self-distillation control)")] = False,
+    resume: Annotated[bool, typer.Option(help="continue an interrupted run from its last checkpoint")] = False,
+) -> None:
+    """Stage 1: train the teacher (student inputs + privileged features), calibrate it, cache its outputs."""
+    from cpfd.train.loop import make_fabric
+    from cpfd.train.schedule import fit_teacher
+
+    try:
+        cfg = _config(config, set_, **{"train.seed": seed, "train.epochs": epochs, "train.devices": devices,
+                                       "teacher.oof_folds": oof_folds})
+        if no_privileged:
+            cfg.teacher.use_privileged = False
+        data = _load(dataset)
+        fabric = make_fabric(cfg.train)
+        metrics = fit_teacher(data, cfg, out, fabric, resume=resume, log=fabric.print)
+    except (DatasetError, ConfigError, ValueError, FileNotFoundError) as err:
+        _fail(err)
+    if metrics:
+        _print_metrics(metrics, f"teacher {out}")
+        console.print(f"wrote {out}/metrics.json", highlight=False)
+
+
+@app.command()
+def distill(
+    dataset: DatasetArg,
+    out: Annotated[Path, typer.Option(help="run folder to write")] = Path("runs/student"),
+    teacher: Annotated[Optional[Path], typer.Option(help="teacher run folder (from fit-teacher); not needed for --method none")] = None,
+    method: Annotated[Optional[str], typer.Option(help="none (baseline) | pfd | cpfd")] = None,
+    confidence: Annotated[Optional[str], typer.Option(help="confidence function (see `cpfd list`)")] = None,
+    weighting: Annotated[Optional[str], typer.Option(help="kd_only | interpolate | gate")] = None,
+    lam: Annotated[Optional[float], typer.Option(help="λ, weight of the distillation term")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="τ, distillation temperature")] = None,
+    normalize: Annotated[Optional[bool], typer.Option(help="divide weights by their batch mean")] = None,
+    floor: Annotated[Optional[float], typer.Option(help="minimum weight w_min")] = None,
+    gate_threshold: Annotated[Optional[float], typer.Option(help="γ for --weighting gate")] = None,
+    use_unlabelled: Annotated[Optional[bool], typer.Option(help="distil on rows without labels too")] = None,
+    feature_kd: Annotated[Optional[str], typer.Option(help="none | mse | cosine feature distillation")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    seed: SeedOpt = None,
+    epochs: EpochsOpt = None,
+    devices: DevicesOpt = None,
+    resume: Annotated[bool, typer.Option(help="continue an interrupted run from its last checkpoint")] = False,
+) -> None:
+    """Stage 2: train the student from labels (+ the teacher's cached soft labels, weighted by confidence for cpfd)."""
+    from cpfd.train.loop import make_fabric
+    from cpfd.train.schedule import distill as run_distill
+
+    try:
+        cfg = _config(config, set_, **{
+            "distill.method": method, "distill.confidence": confidence, "distill.weighting": weighting,
+            "distill.lam": lam, "distill.temperature": temperature, "distill.normalize": normalize,
+            "distill.floor": floor, "distill.gate_threshold": gate_threshold, "distill.use_unlabelled": use_unlabelled,
+            "distill.feature_kd": feature_kd, "train.seed": seed, "train.epochs": epochs, "train.devices": devices})
+        from cpfd.distill.confidence import CONFIDENCES
+
+        CONFIDENCES.get(cfg.distill.confidence)
+        data = _load(dataset)
+        fabric = make_fabric(cfg.train)
+        metrics = run_distill(data, cfg, out, fabric, teacher, resume=resume, log=fabric.print)
+    except (DatasetError, ConfigError, ValueError, FileNotFoundError, KeyError) as err:
+        _fail(err)
+    if metrics:
+        _print_metrics(metrics, f"student {out} ({cfg.distill.method})")
+        console.print(f"wrote {out}/metrics.json", highlight=False)
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="a run folder (teacher or student)")],
+    dataset: Annotated[Optional[Path], typer.Option(help="dataset folder (default: the one the run was trained on)")] = None,
+) -> None:
+    """Score a trained run on the test split (thresholds tuned on validation) and write eval.json."""
+    from cpfd.io import atomic_write_json
+    from cpfd.train.schedule import evaluate_student, load_student, teacher_report, teacher_targets
+
+    try:
+        info = json.loads((run / "run.json").read_text())
+        data = _load(dataset or Path(info["dataset"]))
+        if info["role"] == "teacher":
+            metrics = teacher_report(data, teacher_targets(run, data, console.print))
+        else:
+            metrics = evaluate_student(data, load_student(run, data))
+    except (DatasetError, ValueError, FileNotFoundError) as err:
+        _fail(err)
+    atomic_write_json(run / "eval.json", metrics)
+    _print_metrics(metrics, f"{info['role']} {run}")
+    console.print(f"wrote {run}/eval.json", highlight=False)
+
+
+@app.command()
+def compare(
+    dataset: DatasetArg,
+    out: Annotated[Path, typer.Option(help="folder for report.md, results.json, plots and every run")] = Path("runs/compare"),
+    seeds: Annotated[int, typer.Option(help="seeds per arm (≥3; 5 for reported numbers)")] = 3,
+    oof: Annotated[bool, typer.Option(help="add arms distilled from cross-fitted (5-fold) teacher outputs")] = False,
+    normalize: Annotated[bool, typer.Option(help="add a CPFD arm with batch-normalised weights")] = False,
+    confidences: Annotated[Optional[str], typer.Option(help="comma-separated extra confidence functions, one arm each")] = None,
+    feature_kd: Annotated[str, typer.Option(help="add a CPFD + feature-distillation arm: mse | cosine")] = "none",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    epochs: EpochsOpt = None,
+) -> None:
+    """Run the honest ablation: baseline, self-distillation control, PFD, CPFD, teacher (+ options) over seeds."""
+    from cpfd.compare import CompareOptions, run_compare
+    from cpfd.evaluate import plots
+    from cpfd.evaluate.report import markdown_report, rich_table
+    from cpfd.train.teacher_outputs import CACHE_NAME, load_targets
+
+    try:
+        cfg = _config(config, set_, **{"train.epochs": epochs})
+        cfg.train.progress = cfg.train.progress and sys.stderr.isatty()
+        data = _load(dataset)
+        opts = CompareOptions(seeds=seeds, oof=oof, normalize=normalize,
+                              confidences=[c.strip() for c in (confidences or "").split(",") if c.strip()],
+                              feature_kd=feature_kd)
+        results = run_compare(data, cfg, out, opts, log=lambda m: console.print(m, highlight=False, markup=False))
+    except (DatasetError, ConfigError, ValueError, KeyError) as err:
+        _fail(err)
+    first_seed = out / f"seed_{cfg.train.seed}"
+    made = {"F1 by arm": plots.f1_by_arm(results, out / "f1_by_arm.png")}
+    cpfd_weights = results["per_seed"]["cpfd"][str(cfg.train.seed)].get("weights")
+    if cpfd_weights:
+        made["CPFD weight histogram"] = plots.weight_histogram(cpfd_weights, out / "cpfd_weights.png")
+    targets = load_targets(first_seed / "teacher_privileged" / "cache" / CACHE_NAME)
+    made["teacher reliability"] = plots.reliability_diagram(data, targets, out / "teacher_reliability.png")
+    report = markdown_report(results, out / "report.md", made)
+    Console().print(rich_table(results))
+    Console().print(f"report: {report}", highlight=False)
+
+
+@app.command("list")
+def list_registered() -> None:
+    """List the registered confidence functions and losses (usable by name in YAML and on the command line)."""
+    from cpfd.distill.confidence import CONFIDENCES
+    from cpfd.distill.losses import LOSSES
+
+    for registry in (CONFIDENCES, LOSSES):
+        Console().print(f"{registry.kind}s: {', '.join(registry.names())}", highlight=False)
+
+
+def _print_metrics(metrics: dict, title: str) -> None:
+    table = Table(title=f"{title}: test")
+    for col in ("task", "F1", "precision", "recall", "ROC-AUC", "PR-AUC", "ECE", "n"):
+        table.add_column(col, justify="right" if col != "task" else "left")
+    for task, m in metrics["test"]["tasks"].items():
+        table.add_row(task, *[f"{m.get(k, float('nan')):.4f}" for k in ("f1", "precision", "recall", "roc_auc",
+                                                                         "pr_auc", "ece")], str(m["n"]))
+    Console().print(table)
+    Console().print(f"mean F1 {metrics['test']['mean_f1']:.4f}", highlight=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""PNG plots for the compare report: F1 by arm, CPFD weight histograms, teacher reliability diagram."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from cpfd.data.prepared import PreparedData  # noqa: E402
+from cpfd.distill.probs import task_probs  # noqa: E402
+from cpfd.train.batches import TeacherTargets  # noqa: E402
+
+
+def f1_by_arm(results: dict, path: Path) -> Path:
+    arms = list(results["arms"])
+    columns = results["tasks"] + ["mean"]
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(arms) * len(columns) / 2), 4))
+    width = 0.8 / len(arms)
+    x = np.arange(len(columns))
+    for k, arm in enumerate(arms):
+        entry = results["arms"][arm]
+        stats = [entry["f1"][t] for t in results["tasks"]] + [entry["mean_f1"]]
+        ax.bar(x + k * width - 0.4 + width / 2, [s["mean"] for s in stats], width, yerr=[s["std"] for s in stats],
+               capsize=2, label=arm)
+    ax.set_xticks(x, columns)
+    ax.set_ylabel("test F1 (mean ± std over seeds)")
+    lows = [results["arms"][a]["mean_f1"]["mean"] for a in arms]
+    ax.set_ylim(max(0.0, np.nanmin(lows) - 0.15), min(1.0, np.nanmax(lows) + 0.1) if np.isfinite(lows).all() else 1)
+    ax.legend(fontsize=7, ncol=min(len(arms), 4))
+    ax.set_title(f"{results['dataset']}: F1 by arm")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def weight_histogram(weights: dict, path: Path, title: str = "CPFD weights") -> Path:
+    tasks = list(weights)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        h = weights[task]["histogram"]
+        edges = np.array(h["edges"])
+        ax.bar(edges[:-1], h["counts"], width=np.diff(edges), align="edge", edgecolor="black", linewidth=0.3)
+        ax.set_title(f"{task}: ESS {weights[task]['ess_fraction']:.2f}, "
+                     f"w|right {weights[task]['mean_weight_teacher_correct']:.2f}, "
+                     f"w|wrong {weights[task]['mean_weight_teacher_wrong']:.2f}", fontsize=8)
+        ax.set_xlabel("w_i")
+    axes[0][0].set_ylabel("train rows")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def reliability_bins(conf: np.ndarray, correct: np.ndarray, n_bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    edges = np.linspace(0, 1, n_bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1]), 0, n_bins - 1)
+    counts = np.bincount(which, minlength=n_bins)
+    acc = np.bincount(which, weights=correct.astype(float), minlength=n_bins) / np.maximum(counts, 1)
+    mean_conf = np.bincount(which, weights=conf, minlength=n_bins) / np.maximum(counts, 1)
+    return mean_conf, acc, counts
+
+
+def reliability_diagram(data: PreparedData, targets: TeacherTargets, path: Path, split: str = "test") -> Path:
+    """Teacher confidence vs accuracy on ``split``, before and after temperature scaling."""
+    from cpfd.evaluate.diagnostics import teacher_correct
+
+    tasks = data.tasks
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        rows = np.flatnonzero((data.split == split) & data.label_mask[task.name].numpy())
+        logits, labels = targets.logits[task.name][rows], data.labels[task.name][rows]
+        for temp, style in ((1.0, "o--"), (targets.temperatures[task.name], "s-")):
+            probs = task_probs(logits, task.type, temp)
+            correct = teacher_correct(probs, labels, task.type).numpy().reshape(-1)
+            if task.type == "multiclass":
+                conf = probs.max(-1).values.numpy()
+            else:
+                conf = torch.maximum(probs, 1 - probs).numpy().reshape(-1)
+            mean_conf, acc, counts = reliability_bins(conf, correct)
+            keep = counts > 0
+            ax.plot(mean_conf[keep], acc[keep], style, ms=3, label=f"T={temp:.2f}")
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.5)
+        ax.set_title(f"teacher: {task.name} ({split})", fontsize=9)
+        ax.set_xlabel("confidence")
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
