@@ -29,5 +29,5 @@ def fit_temperature(logits: Tensor, labels: Tensor, task_type: str, max_iter: in
         return loss
 
     opt.step(closure)
-    t = float(log_t.exp())
+    t = float(log_t.detach().exp())
     return t if torch.isfinite(torch.tensor(t)) else 1.0

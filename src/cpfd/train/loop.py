@@ -142,7 +142,8 @@ def fit(
     )
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=passthrough,
                         num_workers=cfg.num_workers)
-    loader = fabric.setup_dataloaders(loader, use_distributed_sampler=False)
+    # Not fabric.setup_dataloaders: its wrapper calls sampler.set_epoch(number of passes so far), which would
+    # replay epoch 0's order after a resume; we set the epoch ourselves and move batches with fabric.to_device.
     loggers = [CSVLogger(run_dir / "logs", name="csv"), TensorBoardLogger(run_dir / "logs", name="tensorboard")]
     show = cfg.progress and fabric.is_global_zero
 
@@ -156,6 +157,7 @@ def fit(
         bar = tqdm(total=len(sampler), desc=f"{desc} {epoch + 1}/{cfg.epochs}", unit="row", leave=False,
                    disable=not show, dynamic_ncols=True)
         for batch in loader:
+            batch = fabric.to_device(batch)
             if online_teacher is not None:
                 online_teacher(batch)
             out = objective(forward(model, batch), batch)
@@ -199,14 +201,25 @@ def fit(
         if bad_epochs >= cfg.patience:
             stopped_early = True
             break
+    # Replicas must hold identical weights; a mismatch means a broken data-parallel setup, so say it loudly.
+    checksums = fabric.all_gather(_checksum(_unwrap(model))).reshape(-1).tolist()
+    if len(set(checksums)) > 1:
+        fabric.print(f"warning: ranks disagree on the final weights: {checksums}")
     fabric.barrier()
-    for logger in loggers:
-        logger.finalize("success") if fabric.is_global_zero else None
+    if fabric.is_global_zero:
+        for logger in loggers:
+            logger.finalize("success")
     if (ckpt_dir / "best.safetensors").exists():
         load_weights(_unwrap(model), ckpt_dir / "best.safetensors")
     if fabric.is_global_zero:
-        atomic_write_json(run_dir / "history.json", history)
+        atomic_write_json(run_dir / "history.json", {"epochs": history, "rank_weight_checksums": checksums,
+                                                     "world_size": fabric.world_size})
     return FitResult(best_epoch, best_score, epoch + 1, stopped_early, history)
+
+
+def _checksum(model: nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -229,13 +229,8 @@ def distill(data: PreparedData, cfg: RunConfig, run_dir: str | Path, fabric: Fab
             targets = teacher_targets(teacher_dir, data, lambda _msg: None)
     if fabric.is_global_zero:
         _write_run(run_dir, cfg, data, "student", {"teacher": str(teacher_dir) if teacher_dir else None})
-    fabric.seed_everything(cfg.train.seed, verbose=False)
-    student = build_student(data, cfg)
-    model: nn.Module = student
-    if method != "none" and cfg.distill.feature_kd != "none":
-        model = StudentWithProjector(student, targets.embedding.shape[1])
-    loss = build_loss(cfg.distill, _types(data), targets.temperatures if targets else None)
     online = None
+    # Built before seeding, so the student's initialisation and dropout draws match the cached mode.
     with_privileged = False
     if method != "none" and cfg.distill.teacher_outputs == "online":
         frozen = load_teacher(teacher_dir, data).to(fabric.device).requires_grad_(False)
@@ -246,7 +241,14 @@ def distill(data: PreparedData, cfg: RunConfig, run_dir: str | Path, fabric: Fab
                 out = frozen(**batch["student"], privileged=batch.pop("privileged"))
             batch["teacher_logits"], batch["teacher_embedding"] = out["logits"], out["embedding"]
 
+    fabric.seed_everything(cfg.train.seed, verbose=False)
+    student = build_student(data, cfg)
+    model: nn.Module = student
+    if method != "none" and cfg.distill.feature_kd != "none":
+        model = StudentWithProjector(student, targets.embedding.shape[1])
+    loss = build_loss(cfg.distill, _types(data), targets.temperatures if targets else None)
     rows = student_train_rows(data, cfg)
+    # Online mode still reads the cache for the calibration temperatures and the weight diagnostics.
     result = fit(fabric, model, loss, data, rows, cfg.train, run_dir, student_forward,
                  with_privileged=with_privileged, teacher_targets=targets if online is None else None,
                  online_teacher=online, resume=resume, desc=f"student[{method}]")

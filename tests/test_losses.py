@@ -1,0 +1,209 @@
+"""Loss, confidence, calibration and metric values against numbers computed by hand (see each comment)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cpfd.config import DistillConfig
+from cpfd.distill.calibration import fit_temperature
+from cpfd.distill.confidence import CONFIDENCES
+from cpfd.distill.losses import LOSSES, build_loss, feature_kd_loss, hard_loss, kd_loss
+from cpfd.evaluate.diagnostics import effective_sample_size
+from cpfd.evaluate.metrics import best_threshold, gap_closed, task_metrics
+
+LN2 = math.log(2)
+T = torch.tensor
+
+
+def close(a, b, tol=1e-5):
+    return torch.allclose(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64), atol=tol)
+
+
+# ---- confidence functions -------------------------------------------------------------------------------------
+# binary q = [0.8, 0.3], y = [1, 1], the second row unlabelled
+BIN = (T([0.8, 0.3]), T([1.0, 1.0]), T([True, False]), "binary")
+# multiclass p = [0.7, 0.2, 0.1], y = 1
+MC = (T([[0.7, 0.2, 0.1]]), T([1]), T([True]), "multiclass")
+# multilabel q = [0.9, 0.4], y = [1, 1]
+ML = (T([[0.9, 0.4]]), T([[1.0, 1.0]]), T([True]), "multilabel")
+
+
+def test_true_class_values():
+    f = CONFIDENCES.get("true_class")
+    assert close(f(*BIN), [0.8, 0.7])  # labelled: q; unlabelled falls back to max(q, 1-q) = 0.7
+    assert close(f(*MC), [0.2])
+    assert close(f(*ML), [[0.9, 0.4]])
+
+
+def test_max_prob_values():
+    f = CONFIDENCES.get("max_prob")
+    assert close(f(*BIN), [0.8, 0.7]) and close(f(*MC), [0.7]) and close(f(*ML), [[0.9, 0.6]])
+
+
+def test_entropy_values():
+    f = CONFIDENCES.get("entropy")
+    # 1 - H(0.8, 0.2)/ln 2 = 1 - 0.500402/0.693147 = 0.278072; 1 - H(.7,.2,.1)/ln 3 = 1 - 0.801819/1.098612 = 0.270153
+    assert close(f(*BIN)[0], 0.2780719) and close(f(*MC), [0.2701533])
+
+
+def test_margin_values():
+    f = CONFIDENCES.get("margin")
+    assert close(f(*BIN), [0.6, 0.4]) and close(f(*MC), [0.5]) and close(f(*ML), [[0.8, 0.2]])
+
+
+def test_registry_finds_a_new_confidence_by_name():
+    @CONFIDENCES.register("always_half")
+    def always_half(probs, labels, label_mask, task_type):
+        return torch.full(probs.shape[:1], 0.5)
+
+    try:
+        loss = build_loss(DistillConfig(method="cpfd", confidence="always_half"), {"spam": "binary"})
+        batch = {"labels": {"spam": T([1.0, 0.0])}, "label_mask": {"spam": T([True, True])}}
+        assert close(loss.sample_weights("spam", T([[1.0], [2.0]]), batch), [0.5, 0.5])
+    finally:
+        CONFIDENCES._items.pop("always_half")
+    with pytest.raises(KeyError, match="unknown confidence function 'nope'"):
+        CONFIDENCES.get("nope")
+
+
+# ---- element-wise losses ---------------------------------------------------------------------------------------
+
+
+def test_hard_loss_values():
+    assert close(hard_loss(T([[0.0], [2.0]]), T([1.0, 0.0]), "binary"), [LN2, 2.1269280])  # ln(1 + e^2)
+    assert close(hard_loss(T([[1.0, 0.0, 0.0]]), T([0]), "multiclass"), [0.5514447])  # ln(e + 2) - 1
+    assert close(hard_loss(T([[0.0, 0.0]]), T([[1.0, 0.0]]), "multilabel"), [[LN2, LN2]])
+
+
+def test_kd_loss_values():
+    # multiclass: teacher [2, 0], student [0, 0], τ=2: -Σ softmax([1,0]) · ln 0.5 = ln 2, × τ² = 4 ln 2
+    assert close(kd_loss(T([[0.0, 0.0]]), T([[2.0, 0.0]]), 2.0, "multiclass"), [4 * LN2])
+    # binary: teacher 2, student 2, τ=2: the Bernoulli entropy of σ(1) = 0.582203, × 4 = 2.328812
+    assert close(kd_loss(T([[2.0]]), T([[2.0]]), 2.0, "binary"), [2.3288124])
+    assert close(kd_loss(T([[0.0, 0.0]]), T([[2.0, -2.0]]), 1.0, "multilabel"), [[LN2, LN2]])
+
+
+def test_kd_gradient_does_not_flow_into_teacher():
+    t = T([[2.0, 0.0]], requires_grad=True)
+    kd_loss(T([[0.0, 0.0]], requires_grad=True), t, 2.0, "multiclass").sum().backward()
+    assert t.grad is None
+
+
+def test_feature_kd_values():
+    s, t = T([[1.0, 0.0]]), T([[0.0, 1.0]])
+    assert close(feature_kd_loss(s, t, "mse"), [1.0])  # ((1)^2 + (1)^2) / 2
+    assert close(feature_kd_loss(s, T([[1.0, 1.0]]), "cosine"), [1 - 1 / math.sqrt(2)])
+
+
+# ---- objectives --------------------------------------------------------------------------------------------------
+# Two binary rows, student logits 0, teacher logits [ln 4, ln(3/7)] (q = 0.8, 0.3), labels [1, ·]; row 2 unlabelled.
+def _batch():
+    return {"labels": {"spam": T([1.0, 1.0])}, "label_mask": {"spam": T([True, False])},
+            "teacher_logits": {"spam": T([[math.log(4.0)], [math.log(3 / 7)]])}}
+
+
+OUT = {"logits": {"spam": T([[0.0], [0.0]])}}
+
+
+def _parts(batch=None):
+    """By hand: CE on the labelled row = ln 2; KD at τ=1 against q, student 0.5: ln 2 for both rows."""
+    return LN2, [LN2, LN2]
+
+
+def test_baseline_loss_is_ce_on_labelled_rows_only():
+    loss = build_loss(DistillConfig(method="none"), {"spam": "binary"})
+    assert close(loss(OUT, _batch())["loss"], LN2)
+
+
+def test_pfd_loss_value():
+    loss = build_loss(DistillConfig(method="pfd", lam=0.25, temperature=1.0), {"spam": "binary"})
+    # (1-λ)·ln2 + λ·mean(1·ln2, 1·ln2) = ln 2
+    assert close(loss(OUT, _batch())["loss"], LN2)
+    loss = build_loss(DistillConfig(method="pfd", lam=0.5, temperature=2.0), {"spam": "binary"})
+    # τ=2: q(τ) = σ(ln4/2) = 2/3 and σ(ln(3/7)/2); student σ(0)=0.5 so each KD = 4 ln 2
+    assert close(loss(OUT, _batch())["loss"], 0.5 * LN2 + 0.5 * 4 * LN2)
+
+
+def test_cpfd_kd_only_uses_true_class_with_label_free_fallback():
+    loss = build_loss(DistillConfig(method="cpfd", lam=0.5, temperature=1.0), {"spam": "binary"})
+    # w = [0.8 (true class), 0.7 (unlabelled: max prob)] → 0.5·ln2 + 0.5·(0.8 + 0.7)/2·ln2
+    assert close(loss(OUT, _batch())["loss"], 0.5 * LN2 + 0.5 * 0.75 * LN2)
+
+
+def test_cpfd_gate_floor_normalize():
+    def weights(**kw):
+        loss = build_loss(DistillConfig(method="cpfd", **kw), {"spam": "binary"})
+        b = _batch()
+        return loss.sample_weights("spam", b["teacher_logits"]["spam"], b)
+
+    assert close(weights(weighting="gate", gate_threshold=0.75), [1.0, 0.0])
+    assert close(weights(floor=0.75), [0.8, 0.75])
+    assert close(weights(normalize=True), [0.8 / 0.75, 0.7 / 0.75])
+
+
+def test_cpfd_interpolate_value():
+    loss = build_loss(DistillConfig(method="cpfd", weighting="interpolate", temperature=1.0), {"spam": "binary"})
+    # (1 - 0.8)·ln2 over labelled rows + mean(0.8·ln2, 0.7·ln2)
+    assert close(loss(OUT, _batch())["loss"], 0.2 * LN2 + 0.75 * LN2)
+
+
+def test_interpolate_with_normalize_is_rejected():
+    with pytest.raises(ValueError, match="interpolate"):
+        DistillConfig(weighting="interpolate", normalize=True)
+
+
+def test_losses_registry_names():
+    assert LOSSES.names() == ["cpfd", "none", "pfd"]
+    assert {"entropy", "margin", "max_prob", "true_class"} <= set(CONFIDENCES.names())
+
+
+# ---- calibration and metrics -------------------------------------------------------------------------------------
+
+
+def test_temperature_scaling_recovers_known_temperature():
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(20000, 4, generator=gen) * 1.5
+    y = torch.multinomial(torch.softmax(z, -1), 1, generator=gen).squeeze(-1)
+    # Labels drawn from softmax(z): logits 3z are over-confident by exactly T = 3.
+    assert abs(fit_temperature(3 * z, y, "multiclass") - 3.0) < 0.15
+    assert abs(fit_temperature(z, y, "multiclass") - 1.0) < 0.05
+
+
+def test_best_threshold_and_f1():
+    y, s = np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])
+    # F1 at thresholds 0.1/0.35/0.4/0.8 = 0.667/0.8/0.5/0.667
+    assert best_threshold(y, s) == pytest.approx(0.35)
+    m = task_metrics("binary", s, y, [0.35])
+    assert m["f1"] == pytest.approx(0.8) and m["precision"] == pytest.approx(2 / 3) and m["recall"] == 1.0
+    assert m["roc_auc"] == pytest.approx(0.75)
+
+
+def test_ece_value():
+    # bins: {0.9, 0.9} with 1 positive → |0.9 − 0.5|·2/3; {0.2} with 0 positives → 0.2·1/3; total 1/3
+    m = task_metrics("binary", np.array([0.9, 0.9, 0.2]), np.array([1, 0, 0]), [0.5])
+    assert m["ece"] == pytest.approx(1 / 3, abs=1e-6)
+
+
+def test_multiclass_and_multilabel_f1():
+    probs = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8]])
+    m = task_metrics("multiclass", probs, np.array([0, 1, 1, 2]), None)
+    # class F1: 0 → 2/3 (P 1/2, R 1), 1 → 2/3 (P 1, R 1/2), 2 → 1; macro = 7/9
+    assert m["f1"] == pytest.approx(7 / 9)
+    ml = task_metrics("multilabel", np.array([[0.9, 0.2], [0.3, 0.8], [0.6, 0.6]]), np.array([[1, 0], [0, 1], [0, 1]]),
+                      [0.5, 0.5])
+    # label 0: TP1 FP1 → F1 2/3; label 1: TP2 → 1; micro: TP3 FP1 FN0 → 6/7
+    assert ml["f1"] == pytest.approx((2 / 3 + 1) / 2) and ml["f1_micro"] == pytest.approx(6 / 7)
+
+
+def test_gap_closed():
+    assert gap_closed(0.8, 0.7, 0.9) == pytest.approx(0.5)
+    assert gap_closed(0.8, 0.7, 0.7) is None and gap_closed(0.8, 0.7, 0.65) is None
+
+
+def test_effective_sample_size():
+    assert effective_sample_size(np.array([1.0, 1.0, 0.0, 0.0])) == pytest.approx(0.5)
+    assert effective_sample_size(np.ones(10)) == pytest.approx(1.0)

@@ -1,0 +1,65 @@
+"""What the student can see, and the teacher's dense tower."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+from cpfd.config import ModelConfig, TeacherConfig
+from cpfd.models import DenseTower, Student, Teacher
+
+SHAPES = {"features": (6,)}
+TASKS = {"spam": 1, "category": 3, "tags": 2}
+
+
+def test_student_forward_cannot_take_privileged_inputs():
+    params = inspect.signature(Student.forward).parameters
+    assert not any("privileged" in name or "dense" in name for name in params)
+    student = Student(SHAPES, TASKS, ModelConfig())
+    with pytest.raises(TypeError):
+        student(features=torch.randn(2, 6), privileged=torch.randn(2, 3))
+
+
+def test_student_and_teacher_output_shapes():
+    x, d = torch.randn(5, 6), torch.randn(5, 3)
+    out = Student(SHAPES, TASKS, ModelConfig()).eval()(features=x)
+    assert {k: v.shape[1] for k, v in out["logits"].items()} == TASKS
+    teacher = Teacher(SHAPES, TASKS, ModelConfig(), TeacherConfig(), n_privileged=3).eval()
+    t_out = teacher(features=x, privileged=d)
+    assert t_out["embedding"].shape == (5, 64 + 64)  # [cls ; mlp(d)], late fusion
+    with pytest.raises(ValueError, match="needs privileged"):
+        teacher(features=x)
+
+
+def test_trunks_are_identical_between_student_and_teacher():
+    s = Student(SHAPES, TASKS, ModelConfig())
+    t = Teacher(SHAPES, TASKS, ModelConfig(), TeacherConfig(), n_privileged=3)
+    assert {k: v.shape for k, v in s.trunk.state_dict().items()} == {k: v.shape for k, v in t.trunk.state_dict().items()}
+
+
+def test_dense_tower_standardises_on_train_and_masks_missing():
+    tower = DenseTower(2, [4], [0, 1], group_dropout=0.0, dropout=0.0)
+    train = torch.tensor([[1.0, float("nan")], [3.0, 10.0], [5.0, 10.0]])
+    tower.fit(train)
+    assert torch.allclose(tower.mean, torch.tensor([3.0, 10.0]))
+    # std of [1, 3, 5] (population) = sqrt(8/3); the constant column gets std 1
+    assert torch.allclose(tower.std, torch.tensor([(8 / 3) ** 0.5, 1.0]))
+    seen = {}
+    tower.mlp[0].register_forward_hook(lambda m, i, o: seen.setdefault("x", i[0]))
+    tower.eval()(torch.tensor([[3.0, float("nan")]]))
+    assert torch.equal(seen["x"], torch.tensor([[0.0, 0.0, 0.0, 1.0]]))  # [z ; missing-mask]
+
+
+def test_group_dropout_drops_whole_groups_in_training_only():
+    tower = DenseTower(4, [4], [0, 0, 1, 1], group_dropout=0.5, dropout=0.0)
+    seen = []
+    tower.mlp[0].register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    torch.manual_seed(0)
+    tower.train()(torch.ones(256, 4))
+    mask = seen[-1][:, 4:]
+    assert torch.equal(mask[:, 0], mask[:, 1]) and torch.equal(mask[:, 2], mask[:, 3])
+    assert 0.35 < mask[:, 0].mean() < 0.65
+    tower.eval()(torch.ones(8, 4))
+    assert seen[-1][:, 4:].sum() == 0

@@ -1,0 +1,161 @@
+"""The two-stage schedule end to end on a small synthetic dataset: determinism, resume, the teacher-output cache,
+unlabelled rows, cross-fitting, and DDP with two CPU processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cpfd.config import load_config
+from cpfd.data import load_dataset
+from cpfd.train.loop import make_fabric
+from conftest import make_dataset
+from cpfd.train.teacher_outputs import CACHE_NAME
+from cpfd.train.schedule import distill, fit_teacher, student_train_rows, teacher_targets
+
+FAST = ["train.epochs=3", "train.patience=10", "train.progress=false", "model.d_model=32", "train.batch_size=64"]
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fitted")
+    data = load_dataset(make_dataset(root / "ds", n=200, n_unlabelled=100))
+    cfg = load_config(overrides=FAST)
+    fabric = make_fabric(cfg.train)
+    fit_teacher(data, cfg, root / "teacher", fabric)
+    return root, data, cfg, fabric
+
+
+def _test_metrics(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())["test"]
+
+
+def test_same_seed_gives_identical_metrics_and_weights(fitted):
+    root, data, cfg, fabric = fitted
+    for name in ("a", "b"):
+        distill(data, cfg, root / f"det_{name}", fabric, root / "teacher")
+    assert _test_metrics(root / "det_a") == _test_metrics(root / "det_b")
+    wa, wb = (load_file(str(root / f"det_{n}" / "checkpoints" / "best.safetensors")) for n in ("a", "b"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    other = cfg.model_copy(deep=True)
+    other.train.seed = 1
+    distill(data, other, root / "det_c", fabric, root / "teacher")
+    assert _test_metrics(root / "det_c") != _test_metrics(root / "det_a")
+
+
+def test_resume_continues_to_the_same_result(fitted):
+    root, data, cfg, fabric = fitted
+    full = cfg.model_copy(deep=True)
+    full.train.epochs = 4
+    distill(data, full, root / "straight", fabric, root / "teacher")
+    short = cfg.model_copy(deep=True)
+    short.train.epochs = 2
+    distill(data, short, root / "resumed", fabric, root / "teacher")
+    history = json.loads((root / "resumed" / "history.json").read_text())["epochs"]
+    assert len(history) == 2
+    distill(data, full, root / "resumed", fabric, root / "teacher", resume=True)
+    history = json.loads((root / "resumed" / "history.json").read_text())["epochs"]
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3]
+    a = load_file(str(root / "straight" / "checkpoints" / "last.safetensors"))
+    b = load_file(str(root / "resumed" / "checkpoints" / "last.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_run_folder_contents(fitted):
+    root, data, cfg, fabric = fitted
+    distill(data, cfg, root / "contents", fabric, root / "teacher")
+    run = root / "contents"
+    for name in ("config.yaml", "run.json", "metrics.json", "history.json", "checkpoints/best.safetensors",
+                 "checkpoints/last_state.safetensors"):
+        assert (run / name).exists(), name
+    assert list((run / "logs" / "csv").rglob("metrics.csv")) and list((run / "logs" / "tensorboard").rglob("events.*"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    w = metrics["weights"]["spam"]
+    assert 0 < w["ess_fraction"] <= 1 and sum(w["histogram"]["counts"]) == metrics["train_rows"]
+    assert w["mean_weight_teacher_wrong"] < w["mean_weight_teacher_correct"]
+    assert set(metrics["test"]["groups"]) == {"feed", "search"}
+    teacher = json.loads((root / "teacher" / "metrics.json").read_text())
+    assert set(teacher["calibration"]["spam"]) == {"temperature", "test_ece_before", "test_ece_after"}
+
+
+def test_unlabelled_rows_are_distilled_but_not_in_the_baseline(fitted):
+    _, data, cfg, _ = fitted
+    base = cfg.model_copy(deep=True)
+    base.distill.method = "none"
+    assert len(student_train_rows(data, base)) == 120
+    assert len(student_train_rows(data, cfg)) == 220
+    labelled_only = cfg.model_copy(deep=True)
+    labelled_only.distill.use_unlabelled = False
+    assert len(student_train_rows(data, labelled_only)) == 120
+
+
+def test_stale_teacher_cache_is_detected_and_rebuilt(fitted, tmp_path):
+    root, data, cfg, fabric = fitted
+    messages: list[str] = []
+    original = teacher_targets(root / "teacher", data, messages.append)
+    assert messages == []  # built by fit_teacher, reused as is
+    refit = cfg.model_copy(deep=True)
+    refit.train.seed = 7
+    fit_teacher(data, refit, tmp_path / "teacher", fabric)
+    # Another teacher's cache in this folder: the key (checkpoint hash) no longer matches.
+    shutil.copy(root / "teacher" / "cache" / CACHE_NAME, tmp_path / "teacher" / "cache" / CACHE_NAME)
+    rebuilt = teacher_targets(tmp_path / "teacher", data, messages.append)
+    assert len(messages) == 1 and "is stale" in messages[0] and "rebuilding" in messages[0]
+    assert not torch.equal(original.logits["spam"], rebuilt.logits["spam"])
+    messages.clear()
+    teacher_targets(tmp_path / "teacher", data, messages.append)
+    assert messages == []
+    # The same teacher on changed data: the dataset fingerprint no longer matches.
+    changed = load_dataset(make_dataset(tmp_path / "ds2", n=200, n_unlabelled=100, seed=3))
+    teacher_targets(tmp_path / "teacher", changed, messages.append)
+    assert len(messages) == 1 and "is stale" in messages[0]
+
+
+def test_cross_fitted_teacher_outputs(fitted, tmp_path):
+    root, data, cfg, fabric = fitted
+    oof = cfg.model_copy(deep=True)
+    oof.teacher.oof_folds = 2
+    fit_teacher(data, oof, tmp_path / "oof", fabric)
+    folds = json.loads((tmp_path / "oof" / "folds" / "folds.json").read_text())
+    assert sorted(sum(folds, [])) == sorted(data.ids[data.indices("train", labelled_only=True)].tolist())
+    in_sample = teacher_targets(root / "teacher", data)
+    cross = teacher_targets(tmp_path / "oof", data)
+    train_rows = data.indices("train", labelled_only=True)
+    val_rows = data.indices("val")
+    assert torch.equal(in_sample.logits["spam"][val_rows], cross.logits["spam"][val_rows])
+    assert not torch.allclose(in_sample.logits["spam"][train_rows], cross.logits["spam"][train_rows])
+
+
+def test_online_teacher_matches_cached_teacher(fitted):
+    root, data, cfg, fabric = fitted
+    online = cfg.model_copy(deep=True)
+    online.distill.teacher_outputs = "online"
+    distill(data, online, root / "online", fabric, root / "teacher")
+    distill(data, cfg, root / "cached", fabric, root / "teacher")
+    a, b = _test_metrics(root / "online"), _test_metrics(root / "cached")
+    assert a["mean_f1"] == pytest.approx(b["mean_f1"], abs=1e-6)
+
+
+def test_ddp_two_cpu_processes(tmp_path):
+    ds = make_dataset(tmp_path / "ds", n=200)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
+    cmd = [sys.executable, "-m", "cpfd", "distill", str(ds), "--method", "none", "--out", str(tmp_path / "ddp"),
+           "--devices", "2", "--epochs", "4", "--set", "train.progress=false", "--set", "train.patience=10",
+           "--set", "train.lr=0.003"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    history = json.loads((tmp_path / "ddp" / "history.json").read_text())
+    assert history["world_size"] == 2
+    assert len(set(history["rank_weight_checksums"])) == 1 and len(history["rank_weight_checksums"]) == 2
+    losses = [h["train/loss"] for h in history["epochs"]]
+    assert losses[-1] < losses[0]
+    assert np.isfinite(json.loads((tmp_path / "ddp" / "metrics.json").read_text())["test"]["mean_f1"])
