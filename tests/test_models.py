@@ -63,3 +63,15 @@ def test_group_dropout_drops_whole_groups_in_training_only():
     assert 0.35 < mask[:, 0].mean() < 0.65
     tower.eval()(torch.ones(8, 4))
     assert seen[-1][:, 4:].sum() == 0
+
+
+def test_numeric_features_are_standardised_with_train_statistics():
+    from cpfd.models.fusion import VectorTokens
+
+    tokens = VectorTokens(2, 8, 2)
+    tokens.fit(torch.tensor([[50.0, 0.1], [70.0, 0.3]]))
+    assert torch.allclose(tokens.mean, torch.tensor([60.0, 0.2])) and torch.allclose(tokens.std, torch.tensor([10.0, 0.1]))
+    seen = {}
+    tokens.proj.register_forward_hook(lambda m, i, o: seen.setdefault("x", i[0]))
+    tokens(torch.tensor([[80.0, 0.2]]))
+    assert torch.allclose(seen["x"], torch.tensor([[2.0, 0.0]]))

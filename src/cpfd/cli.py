@@ -33,7 +33,7 @@ BadVideoOpt = Annotated[str, typer.Option(help="bad or missing video/frames: fai
 
 
 def _fail(err: Exception) -> None:
-    console.print(f"error: {err}", style="red", highlight=False, markup=False)
+    console.print(f"error: {err}", style="red", highlight=False, markup=False, soft_wrap=True)
     raise typer.Exit(2)
 
 

@@ -17,22 +17,26 @@ from cpfd.train.batches import TeacherTargets  # noqa: E402
 
 
 def f1_by_arm(results: dict, path: Path) -> Path:
+    """One panel per task (and the task mean), one bar per arm, mean ± std over seeds."""
     arms = list(results["arms"])
-    columns = results["tasks"] + ["mean"]
-    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(arms) * len(columns) / 2), 4))
-    width = 0.8 / len(arms)
-    x = np.arange(len(columns))
-    for k, arm in enumerate(arms):
-        entry = results["arms"][arm]
-        stats = [entry["f1"][t] for t in results["tasks"]] + [entry["mean_f1"]]
-        ax.bar(x + k * width - 0.4 + width / 2, [s["mean"] for s in stats], width, yerr=[s["std"] for s in stats],
-               capsize=2, label=arm)
-    ax.set_xticks(x, columns)
-    ax.set_ylabel("test F1 (mean ± std over seeds)")
-    lows = [results["arms"][a]["mean_f1"]["mean"] for a in arms]
-    ax.set_ylim(max(0.0, np.nanmin(lows) - 0.15), min(1.0, np.nanmax(lows) + 0.1) if np.isfinite(lows).all() else 1)
-    ax.legend(fontsize=7, ncol=min(len(arms), 4))
-    ax.set_title(f"{results['dataset']}: F1 by arm")
+    columns = results["tasks"] + ["mean F1"]
+    fig, axes = plt.subplots(1, len(columns), figsize=(2.2 + 0.45 * len(arms) * len(columns), 3.6), squeeze=False)
+    colours = plt.get_cmap("tab10")(np.arange(len(arms)) % 10)
+    for ax, column in zip(axes[0], columns):
+        stats = [results["arms"][a]["mean_f1"] if column == "mean F1" else results["arms"][a]["f1"][column]
+                 for a in arms]
+        means = np.array([s["mean"] for s in stats])
+        stds = np.nan_to_num(np.array([s["std"] for s in stats]))
+        ax.bar(np.arange(len(arms)), means, yerr=stds, capsize=2, color=colours)
+        finite = np.isfinite(means)
+        if finite.any():
+            lo, hi = (means - stds)[finite].min(), (means + stds)[finite].max()
+            pad = max(0.02, 0.15 * (hi - lo))
+            ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad))
+        ax.set_xticks(np.arange(len(arms)), arms, rotation=60, ha="right", fontsize=7)
+        ax.set_title(column, fontsize=9)
+    axes[0][0].set_ylabel("test F1 (mean ± std over seeds)", fontsize=8)
+    fig.suptitle(f"{results['dataset']}: F1 by arm", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

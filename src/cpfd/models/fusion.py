@@ -15,16 +15,27 @@ STUDENT_MODALITIES = ("features", "frames", "text")
 
 
 class VectorTokens(nn.Module):
-    """A precomputed numeric vector (B, F) -> ``n_tokens`` tokens (B, n_tokens, d)."""
+    """A precomputed numeric vector (B, F) -> ``n_tokens`` tokens (B, n_tokens, d).
+
+    Features are standardised per column with train statistics (:meth:`fit`): raw columns can have any scale, and
+    a per-row LayerNorm would mix them.
+    """
 
     def __init__(self, in_dim: int, d_model: int, n_tokens: int):
         super().__init__()
         self.n_tokens, self.d_model = n_tokens, d_model
-        self.norm = nn.LayerNorm(in_dim)
+        self.register_buffer("mean", torch.zeros(in_dim))
+        self.register_buffer("std", torch.ones(in_dim))
         self.proj = nn.Linear(in_dim, n_tokens * d_model)
 
+    @torch.no_grad()
+    def fit(self, train_values: Tensor) -> None:
+        std = train_values.std(0, unbiased=False) if len(train_values) > 1 else torch.ones_like(self.std)
+        self.mean.copy_(train_values.mean(0))
+        self.std.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)))
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(self.norm(x)).view(x.shape[0], self.n_tokens, self.d_model)
+        return self.proj((x - self.mean) / self.std).view(x.shape[0], self.n_tokens, self.d_model)
 
 
 class SequenceTokens(nn.Module):
@@ -78,6 +89,11 @@ class FusionTrunk(nn.Module):
         self.encoder = nn.TransformerEncoder(layer(nn.TransformerEncoderLayer), cfg.n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
         self.out_dim = d
+
+    def fit_inputs(self, train_inputs: dict[str, Tensor]) -> None:
+        """Fit input statistics (numeric-feature standardisation) on train rows."""
+        if "features" in self.tokenizers:
+            self.tokenizers["features"].fit(train_inputs["features"])
 
     def forward(
         self,

@@ -57,13 +57,18 @@ def group_ids(data: PreparedData, groups: dict[str, list[str]] | None) -> list[i
 def build_teacher(data: PreparedData, cfg: RunConfig) -> Teacher:
     teacher = Teacher(input_shapes(data), task_outputs(data), cfg.model, cfg.teacher, len(data.privileged_names),
                       group_ids(data, cfg.teacher.groups))
+    train = torch.from_numpy(data.indices("train"))
+    teacher.trunk.fit_inputs({k: v[train] for k, v in data.student_inputs.items()})
     if teacher.tower is not None:
-        teacher.tower.fit(data.privileged[torch.from_numpy(data.indices("train"))])
+        teacher.tower.fit(data.privileged[train])
     return teacher
 
 
 def build_student(data: PreparedData, cfg: RunConfig) -> Student:
-    return Student(input_shapes(data), task_outputs(data), cfg.model)
+    student = Student(input_shapes(data), task_outputs(data), cfg.model)
+    train = torch.from_numpy(data.indices("train"))
+    student.trunk.fit_inputs({k: v[train] for k, v in data.student_inputs.items()})
+    return student
 
 
 class StudentWithProjector(nn.Module):

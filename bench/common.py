@@ -1,0 +1,33 @@
+"""Helpers shared by the benchmark scripts (not part of the package)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+OUT = Path(__file__).parent / "out"
+
+
+def ensure_debian_package(package: str, probe: Path) -> None:
+    """Install a Debian data package when its files are missing (needs root, as on the project machines)."""
+    if probe.exists():
+        return
+    if shutil.which("apt-get") is None:
+        sys.exit(f"{probe} is missing: install the Debian package {package}")
+    print(f"installing Debian package {package} ...", flush=True)
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True,
+                   env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+
+
+def write_dataset(folder: Path, df: pd.DataFrame, spec: dict) -> Path:
+    """Write a table + dataset.yaml in the cpfd contract format."""
+    folder.mkdir(parents=True, exist_ok=True)
+    df.to_parquet(folder / "data.parquet", index=False)
+    (folder / "dataset.yaml").write_text(yaml.safe_dump({"format": 1, "table": "data.parquet", **spec}, sort_keys=False))
+    return folder

@@ -1,0 +1,109 @@
+"""Training-step cost, as ratios measured in one run (interleaved repeats, medians).
+
+1. A CPFD student step vs a plain (baseline) student step, both reading cached teacher outputs (target ≤ 1.10).
+2. A student step reading cached teacher outputs vs one that runs the frozen teacher every step (target ≥ 3×).
+
+Data: the Fashion-MNIST benchmark table (49 student features, 784 privileged). Steps are forward + loss +
+backward + AdamW update on the same batches.
+
+    python bench/speed.py [--batch-size 256] [--steps 30] [--repeats 7] [--device cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import fashion_mnist  # noqa: E402
+
+from cpfd.config import load_config  # noqa: E402
+from cpfd.data import load_dataset  # noqa: E402
+from cpfd.distill.losses import build_loss  # noqa: E402
+from cpfd.train.batches import RowDataset  # noqa: E402
+from cpfd.train.loop import make_fabric  # noqa: E402
+from cpfd.train.schedule import build_student, fit_teacher, load_teacher, teacher_targets  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    folder = fashion_mnist.OUT / "fmnist_1000" / "data"
+    if not (folder / "dataset.yaml").exists():
+        folder = fashion_mnist.build(1000, 10000, 1000)
+    data = load_dataset(folder)
+    cfg = load_config(overrides=["train.progress=false", "train.epochs=5"])
+    teacher_dir = folder.parent / "speed_teacher"
+    if not (teacher_dir / "checkpoints" / "best.safetensors").exists():
+        fit_teacher(data, cfg, teacher_dir, make_fabric(cfg.train))
+    targets = teacher_targets(teacher_dir, data)
+    device = torch.device(args.device)
+    types = {t.name: t.type for t in data.tasks}
+    teacher = load_teacher(teacher_dir, data).to(device).requires_grad_(False)
+    dataset = RowDataset(data, data.indices("train"), with_privileged=True, teacher=targets)
+    gen = torch.Generator().manual_seed(0)
+    batches = [dataset.__getitems__(torch.randint(len(dataset), (args.batch_size,), generator=gen).tolist())
+               for _ in range(args.steps)]
+    batches = [_to(b, device) for b in batches]
+
+    def runner(method: str, online: bool):
+        torch.manual_seed(0)
+        student = build_student(data, cfg).to(device).train()
+        opt = torch.optim.AdamW(student.parameters(), lr=1e-3)
+        c = cfg.distill.model_copy(update={"method": method})
+        loss_fn = build_loss(c, types, targets.temperatures)
+
+        def run() -> None:
+            for batch in batches:
+                if online:
+                    with torch.no_grad():
+                        out = teacher(**batch["student"], privileged=batch["privileged"])
+                    batch = {**batch, "teacher_logits": out["logits"], "teacher_embedding": out["embedding"]}
+                loss = loss_fn(student(**batch["student"]), batch)["loss"]
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        return run
+
+    arms = {"baseline (cached)": runner("none", False), "cpfd (cached)": runner("cpfd", False),
+            "cpfd (online teacher)": runner("cpfd", True)}
+    times = {name: [] for name in arms}
+    for fn in arms.values():
+        fn()  # warm-up
+    for _ in range(args.repeats):
+        for name, fn in arms.items():
+            tic = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - tic) / args.steps)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"device={device} batch={args.batch_size} steps={args.steps} repeats={args.repeats} "
+          f"threads={torch.get_num_threads()}")
+    for name, t in med.items():
+        print(f"  {name:24s} median {1000 * t:8.3f} ms/step")
+    print(f"CPFD step / plain step (both cached): {med['cpfd (cached)'] / med['baseline (cached)']:.3f}  (target <= 1.10)")
+    print(f"online-teacher step / cached step:    {med['cpfd (online teacher)'] / med['cpfd (cached)']:.3f}  "
+          f"(target >= 3 for 'cached is 3x faster')")
+
+
+def _to(obj, device):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""The command line: clear errors on bad input, and `compare` producing its report, results and plots."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import make_dataset
+from cpfd.cli import app
+
+runner = CliRunner()
+FAST = ["--set", "train.progress=false", "--set", "model.d_model=32", "--set", "train.batch_size=64"]
+
+
+def test_help_explains_every_command():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("validate", "fit-teacher", "distill", "evaluate", "compare", "list"):
+        assert command in result.output
+    result = runner.invoke(app, ["distill", "--help"])
+    assert "--confidence" in result.output and "--weighting" in result.output
+
+
+def test_validate_ok_and_bad(tmp_path):
+    ok = make_dataset(tmp_path / "ok", n=60, n_unlabelled=20)
+    result = runner.invoke(app, ["validate", str(ok)])
+    assert result.exit_code == 0 and "valid" in result.output and "unlabelled rows: 20" in result.output
+
+    def mutate(df):
+        df.loc[3, "video_id"] = "v0001"
+        return df
+
+    bad = make_dataset(tmp_path / "bad", n=60, fmt="csv", mutate=mutate)
+    result = runner.invoke(app, ["validate", str(bad)])
+    assert result.exit_code == 2
+    assert "data.csv, column 'video_id', rows 2, 4: duplicate id" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_config_value_is_a_clear_error(tmp_path):
+    ds = make_dataset(tmp_path / "ds", n=60)
+    result = runner.invoke(app, ["distill", str(ds), "--set", "distill.lam=3"])
+    assert result.exit_code == 2 and "distill.lam" in result.output
+    result = runner.invoke(app, ["distill", str(ds), "--method", "cpfd", "--confidence", "nope", "--out",
+                                 str(tmp_path / "x")])
+    assert result.exit_code == 2 and "unknown confidence function 'nope'" in result.output
+
+
+def test_fit_teacher_distill_evaluate(tmp_path):
+    ds = make_dataset(tmp_path / "ds", n=160, n_unlabelled=40)
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    assert runner.invoke(app, ["fit-teacher", str(ds), "--out", str(teacher), "--epochs", "2", *FAST]).exit_code == 0
+    result = runner.invoke(app, ["distill", str(ds), "--out", str(student), "--teacher", str(teacher), "--method",
+                                 "cpfd", "--confidence", "margin", "--weighting", "gate", "--epochs", "2", *FAST])
+    assert result.exit_code == 0, result.output
+    assert "confidence: margin" in (student / "config.yaml").read_text()
+    result = runner.invoke(app, ["evaluate", str(student)])
+    assert result.exit_code == 0 and "mean F1" in result.output
+    saved = json.loads((student / "metrics.json").read_text())["test"]["mean_f1"]
+    assert json.loads((student / "eval.json").read_text())["test"]["mean_f1"] == pytest.approx(saved)
+
+
+def test_compare_writes_report_results_and_plots(tmp_path):
+    ds = make_dataset(tmp_path / "ds", n=160, n_unlabelled=80)
+    out = tmp_path / "cmp"
+    result = runner.invoke(app, ["compare", str(ds), "--out", str(out), "--seeds", "2", "--epochs", "2", "--normalize",
+                                 *FAST])
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    arms = set(results["arms"])
+    assert {"baseline", "self_distill", "pfd", "cpfd", "teacher", "pfd_labelled", "cpfd_labelled", "cpfd_norm"} == arms
+    assert len(results["arms"]["cpfd"]["mean_f1"]["values"]) == 2
+    for png in ("f1_by_arm.png", "cpfd_weights.png", "teacher_reliability.png"):
+        assert (out / png).stat().st_size > 1000
+    report = (out / "report.md").read_text()
+    assert "| cpfd |" in report and "gap closed" in report and "CPFD vs PFD" in report and "feed" in report
+    assert "mean F1" in result.output
