@@ -47,7 +47,7 @@ def test_dense_tower_standardises_on_train_and_masks_missing():
     # std of [1, 3, 5] (population) = sqrt(8/3); the constant column gets std 1
     assert torch.allclose(tower.std, torch.tensor([(8 / 3) ** 0.5, 1.0]))
     seen = {}
-    tower.mlp[0].register_forward_hook(lambda m, i, o: seen.setdefault("x", i[0]))
+    tower.mlp[0].register_forward_hook(lambda m, i, o: seen.update(x=i[0]))
     tower.eval()(torch.tensor([[3.0, float("nan")]]))
     assert torch.equal(seen["x"], torch.tensor([[0.0, 0.0, 0.0, 1.0]]))  # [z ; missing-mask]
 
@@ -55,7 +55,7 @@ def test_dense_tower_standardises_on_train_and_masks_missing():
 def test_group_dropout_drops_whole_groups_in_training_only():
     tower = DenseTower(4, [4], [0, 0, 1, 1], group_dropout=0.5, dropout=0.0)
     seen = []
-    tower.mlp[0].register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    tower.mlp[0].register_forward_hook(lambda m, i, o: seen.append(i[0]) or None)
     torch.manual_seed(0)
     tower.train()(torch.ones(256, 4))
     mask = seen[-1][:, 4:]
@@ -72,6 +72,6 @@ def test_numeric_features_are_standardised_with_train_statistics():
     tokens.fit(torch.tensor([[50.0, 0.1], [70.0, 0.3]]))
     assert torch.allclose(tokens.mean, torch.tensor([60.0, 0.2])) and torch.allclose(tokens.std, torch.tensor([10.0, 0.1]))
     seen = {}
-    tokens.proj.register_forward_hook(lambda m, i, o: seen.setdefault("x", i[0]))
+    tokens.proj.register_forward_hook(lambda m, i, o: seen.update(x=i[0]))
     tokens(torch.tensor([[80.0, 0.2]]))
     assert torch.allclose(seen["x"], torch.tensor([[2.0, 0.0]]))
