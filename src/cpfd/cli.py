@@ -45,19 +45,23 @@ def _config(config: Path | None, sets: list[str] | None, **flags) -> RunConfig:
     return load_config(config, overrides)
 
 
-def _load(dataset: Path, on_bad_video: str = "fail"):
+def _load(dataset: Path, on_bad_video: str = "fail", cfg: RunConfig | None = None, extract: bool = True):
+    """Validate and load a dataset; video/frames/text go through the frozen encoders (cached) unless ``extract``
+    is false (``cpfd validate``)."""
     from cpfd.data import load_dataset
 
     if on_bad_video not in ("fail", "skip"):
         raise typer.BadParameter("--on-bad-video must be fail or skip")
-    return load_dataset(dataset, on_bad_video=on_bad_video)
+    log = lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True)  # noqa: E731
+    return load_dataset(dataset, on_bad_video=on_bad_video, extract=(cfg or RunConfig()).extract if extract else None,
+                        log=log)
 
 
 @app.command()
 def validate(dataset: DatasetArg, on_bad_video: BadVideoOpt = "fail") -> None:
     """Check a dataset against the contract (before any compute) and print what it holds."""
     try:
-        data = _load(dataset, on_bad_video)
+        data = _load(dataset, on_bad_video, extract=False)
     except DatasetError as err:
         _fail(err)
     table = Table(title=f"{data.name}: {len(data)} rows, fingerprint {data.fingerprint[:12]}")
@@ -94,6 +98,7 @@ def fit_teacher_cmd(
     oof_folds: Annotated[Optional[int], typer.Option(help="K>=2: also train K fold teachers for cross-fitted outputs")] = None,
     no_privileged: Annotated[bool, typer.Option(help="train without privileged features (self-distillation control)")] = False,
     resume: Annotated[bool, typer.Option(help="continue an interrupted run from its last checkpoint")] = False,
+    on_bad_video: BadVideoOpt = "fail",
 ) -> None:
     """Stage 1: train the teacher (student inputs + privileged features), calibrate it, cache its outputs."""
     from cpfd.train.loop import make_fabric
@@ -104,7 +109,7 @@ def fit_teacher_cmd(
                                        "teacher.oof_folds": oof_folds})
         if no_privileged:
             cfg.teacher.use_privileged = False
-        data = _load(dataset)
+        data = _load(dataset, on_bad_video, cfg)
         fabric = make_fabric(cfg.train)
         metrics = fit_teacher(data, cfg, out, fabric, resume=resume, log=fabric.print)
     except (DatasetError, ConfigError, ValueError, FileNotFoundError) as err:
@@ -135,6 +140,7 @@ def distill(
     epochs: EpochsOpt = None,
     devices: DevicesOpt = None,
     resume: Annotated[bool, typer.Option(help="continue an interrupted run from its last checkpoint")] = False,
+    on_bad_video: BadVideoOpt = "fail",
 ) -> None:
     """Stage 2: train the student from labels (+ the teacher's cached soft labels, weighted by confidence for cpfd)."""
     from cpfd.train.loop import make_fabric
@@ -149,7 +155,7 @@ def distill(
         from cpfd.distill.confidence import CONFIDENCES
 
         CONFIDENCES.get(cfg.distill.confidence)
-        data = _load(dataset)
+        data = _load(dataset, on_bad_video, cfg)
         fabric = make_fabric(cfg.train)
         metrics = run_distill(data, cfg, out, fabric, teacher, resume=resume, log=fabric.print)
     except (DatasetError, ConfigError, ValueError, FileNotFoundError, KeyError) as err:
@@ -170,7 +176,8 @@ def evaluate(
 
     try:
         info = json.loads((run / "run.json").read_text())
-        data = _load(dataset or Path(info["dataset"]))
+        cfg = RunConfig.model_validate(__import__("yaml").safe_load((run / "config.yaml").read_text()))
+        data = _load(dataset or Path(info["dataset"]), info.get("on_bad_video", "fail"), cfg)
         if info["role"] == "teacher":
             metrics = teacher_report(data, teacher_targets(run, data, console.print))
         else:
@@ -194,6 +201,7 @@ def compare(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     epochs: EpochsOpt = None,
+    on_bad_video: BadVideoOpt = "fail",
 ) -> None:
     """Run the honest ablation: baseline, self-distillation control, PFD, CPFD, teacher (+ options) over seeds."""
     from cpfd.compare import CompareOptions, run_compare
@@ -204,7 +212,7 @@ def compare(
     try:
         cfg = _config(config, set_, **{"train.epochs": epochs})
         cfg.train.progress = cfg.train.progress and sys.stderr.isatty()
-        data = _load(dataset)
+        data = _load(dataset, on_bad_video, cfg)
         opts = CompareOptions(seeds=seeds, oof=oof, normalize=normalize,
                               confidences=[c.strip() for c in (confidences or "").split(",") if c.strip()],
                               feature_kd=feature_kd)
@@ -223,14 +231,57 @@ def compare(
     Console().print(f"report: {report}", highlight=False)
 
 
+@app.command()
+def extract(
+    dataset: DatasetArg,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    on_bad_video: BadVideoOpt = "fail",
+) -> None:
+    """Decode videos/frames and encode frames and text with the frozen encoders into the embedding cache.
+
+    Training commands do this themselves; running it alone warms the cache (resumable if interrupted)."""
+    try:
+        cfg = _config(config, set_)
+        data = _load(dataset, on_bad_video, cfg)
+    except (DatasetError, ConfigError, ValueError) as err:
+        _fail(err)
+    shapes = {k: tuple(v.shape) for k, v in data.student_inputs.items()}
+    Console().print(f"{len(data)} rows ready; student inputs {shapes}; skipped {len(data.skipped)}", highlight=False)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="folder for the generated dataset and the comparison")] = Path("runs/demo"),
+    seeds: Annotated[int, typer.Option(help="seeds per arm")] = 3,
+    labelled: Annotated[int, typer.Option(help="labelled clips (split 60/20/20)")] = 240,
+    unlabelled: Annotated[int, typer.Option(help="unlabelled train clips (privileged features only)")] = 240,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """The embedded default: generate short videos with titles, privileged history and three tasks, then
+    validate -> extract -> compare, and print the table and the path of report.md."""
+    from cpfd.demo import generate
+
+    data_dir = out / "data"
+    if not (data_dir / "dataset.yaml").exists():
+        console.print(f"demo: generating {labelled + unlabelled} clips in {data_dir}", highlight=False)
+        generate(data_dir, n_labelled=labelled, n_unlabelled=unlabelled)
+    defaults = ["extract.sampling.num_frames=4", "extract.sampling.size=112", "extract.workers=1"]
+    validate(data_dir)
+    compare(data_dir, out=out / "compare", seeds=seeds, oof=False, normalize=False, confidences=None,
+            feature_kd="none", config=config, set_=defaults + list(set_ or []), epochs=None, on_bad_video="fail")
+
+
 @app.command("list")
 def list_registered() -> None:
     """List the registered confidence functions and losses (usable by name in YAML and on the command line)."""
     from cpfd.distill.confidence import CONFIDENCES
     from cpfd.distill.losses import LOSSES
+    from cpfd.encoders import ENCODERS
 
-    for registry in (CONFIDENCES, LOSSES):
-        Console().print(f"{registry.kind}s: {', '.join(registry.names())}", highlight=False)
+    for registry in (CONFIDENCES, LOSSES, ENCODERS):
+        Console().print(f"{registry.kind}: {', '.join(registry.names())}", highlight=False)
 
 
 def _print_metrics(metrics: dict, title: str) -> None:

@@ -8,6 +8,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from cpfd.data.embeddings import ExtractConfig
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -83,6 +85,7 @@ class TrainConfig(_Strict):
 
 
 class RunConfig(_Strict):
+    extract: ExtractConfig = Field(default_factory=ExtractConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)

@@ -12,8 +12,7 @@ import numpy as np
 import pandas as pd
 
 from cpfd.data.table import SOURCE_FILE, SOURCE_ROW
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+from cpfd.data.video import IMAGE_SUFFIXES
 
 
 def media_problem(root: Path, value, kind: str) -> str | None:

@@ -16,6 +16,15 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cpfd.data.embeddings import (
+    MAX_TEXT_CHARS,
+    TEXT_SEPARATOR,
+    ExtractConfig,
+    MediaRow,
+    default_cache,
+    extract_frames,
+    extract_text,
+)
 from cpfd.data.media import find_bad_media
 from cpfd.data.contract import SPLITS, DatasetError, DatasetSpec, Problem, TaskSpec, load_spec
 from cpfd.data.table import SOURCE_FILE, SOURCE_ROW, expand_columns, read_table, seeded_split
@@ -81,6 +90,18 @@ class PreparedData:
         if labelled_only:
             keep &= self.labelled_any
         return np.flatnonzero(keep)
+
+    def subset(self, keep: np.ndarray) -> "PreparedData":
+        """The rows where ``keep`` is true, in order (used to drop rows skipped under the bad-media policy)."""
+        idx = torch.from_numpy(np.flatnonzero(keep))
+        return PreparedData(
+            name=self.name, root=self.root, ids=self.ids[keep], split=self.split[keep],
+            groups=self.groups[keep] if self.groups is not None else None, tasks=self.tasks,
+            student_inputs={k: v[idx] for k, v in self.student_inputs.items()}, feature_names=self.feature_names,
+            privileged=self.privileged[idx], privileged_names=self.privileged_names,
+            labels={k: v[idx] for k, v in self.labels.items()}, label_mask={k: v[idx] for k, v in self.label_mask.items()},
+            fingerprint=self.fingerprint, source=self.source.iloc[np.flatnonzero(keep)].reset_index(drop=True),
+            skipped=list(self.skipped))
 
     def task(self, name: str) -> TaskInfo:
         return next(t for t in self.tasks if t.name == name)
@@ -220,8 +241,34 @@ def _fingerprint(spec_path: Path, df: pd.DataFrame, split: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def load_dataset(folder: str | Path, seed: int = 0, on_bad_video: str = "fail") -> PreparedData:
-    """Validate ``folder`` against the contract and return its tensors (raises :class:`DatasetError`)."""
+def _text_values(df: pd.DataFrame, columns: list[str], out: _Collector) -> list[str]:
+    """Join the text columns per row; a missing or empty value is an empty string, non-UTF-8 bytes an error."""
+    parts: list[list[str]] = [[] for _ in range(len(df))]
+    for col in columns:
+        bad = np.zeros(len(df), dtype=bool)
+        for i, v in enumerate(df[col].tolist()):
+            if isinstance(v, (bytes, bytearray)):
+                try:
+                    v = bytes(v).decode("utf-8")
+                except UnicodeDecodeError:
+                    bad[i] = True
+                    continue
+            if _is_missing(v):
+                continue
+            text = str(v).strip()
+            if text:
+                parts[i].append(text[:MAX_TEXT_CHARS])
+        out.rows(bad, col, "text is not valid UTF-8")
+    return [TEXT_SEPARATOR.join(p) for p in parts]
+
+
+def load_dataset(folder: str | Path, seed: int = 0, on_bad_video: str = "fail", extract: ExtractConfig | None = None,
+                 log=print) -> PreparedData:
+    """Validate ``folder`` against the contract and return its tensors (raises :class:`DatasetError`).
+
+    Video, frames and text inputs become embeddings through ``extract`` (frozen encoders + cache); without it
+    (``cpfd validate``) only the cheap checks run and those inputs are left out of ``student_inputs``.
+    """
     spec, root = load_spec(folder)
     spec_path = root / "dataset.yaml"
     df = read_table(root, spec.table)
@@ -298,6 +345,7 @@ def load_dataset(folder: str | Path, seed: int = 0, on_bad_video: str = "fail") 
         if block is not None:
             student_inputs["features"] = torch.from_numpy(block)
     privileged = _numeric_block(df, privileged_cols, out, allow_nan=True, what="a privileged feature")
+    texts = _text_values(df, spec.inputs.text, out) if spec.inputs.text else None
 
     tasks: list[TaskInfo] = []
     labels: dict[str, torch.Tensor] = {}
@@ -338,7 +386,7 @@ def load_dataset(folder: str | Path, seed: int = 0, on_bad_video: str = "fail") 
         raise DatasetError(out.problems)
 
     groups = df[spec.group].map(lambda v: "(none)" if _is_missing(v) else str(v)).to_numpy(dtype=object) if spec.group else None
-    return PreparedData(
+    data = PreparedData(
         name=spec.name,
         root=root,
         ids=ids,
@@ -355,3 +403,46 @@ def load_dataset(folder: str | Path, seed: int = 0, on_bad_video: str = "fail") 
         source=df,
         skipped=skipped,
     )
+    if extract is not None and (spec.inputs.video or spec.inputs.frames or spec.inputs.text):
+        data = _attach_embeddings(data, spec, texts, extract, on_bad_video, log)
+    return data
+
+
+def _attach_embeddings(data: PreparedData, spec: DatasetSpec, texts: list[str] | None, cfg: ExtractConfig,
+                       on_bad_video: str, log) -> PreparedData:
+    """Run the frozen encoders (through the cache); undecodable media follow the fail/skip policy."""
+    from cpfd.encoders import create_encoder
+
+    df = data.source
+    cache = default_cache(data.root, cfg)
+    column = spec.inputs.video or spec.inputs.frames
+    if column:
+        kind = "video" if spec.inputs.video else "frames"
+        rows = [MediaRow(i, data.ids[i], data.root / str(v), kind) for i, v in enumerate(df[column].tolist())]
+        encoder = create_encoder(cfg.frames_encoder, **cfg.frames_encoder_args)
+        vectors, report = extract_frames(rows, encoder, cfg, cache, log)
+        if report.bad:
+            bad = np.zeros(len(data), dtype=bool)
+            bad[list(report.bad)] = True
+            if on_bad_video == "fail":
+                out = _Collector(df, spec.id)
+                for i, reason in sorted(report.bad.items()):
+                    out.rows(np.arange(len(data)) == i, column, reason)
+                raise DatasetError(out.problems)
+            for i, reason in sorted(report.bad.items()):
+                data.skipped.append(SkippedRow(str(df[SOURCE_FILE].iat[i]), int(df[SOURCE_ROW].iat[i]), data.ids[i],
+                                               column, reason))
+                log(f"skipped {df[SOURCE_FILE].iat[i]} row {df[SOURCE_ROW].iat[i]} [{data.ids[i]}]: {reason}")
+            keep = ~bad
+            data = data.subset(keep)
+            texts = [t for t, k in zip(texts, keep) if k] if texts is not None else None
+            vectors = {new: vectors[old] for new, old in enumerate(np.flatnonzero(keep))}
+        frames = np.stack([vectors[i] for i in range(len(data))])
+        data.student_inputs["frames"] = torch.from_numpy(frames)
+        data.student_inputs["frames_mask"] = torch.ones(frames.shape[:2], dtype=torch.bool)
+    if texts is not None:
+        encoder = create_encoder(cfg.text_encoder, max_tokens=cfg.max_tokens, **cfg.text_encoder_args)
+        tokens, mask = extract_text(texts, encoder, cfg, cache)
+        data.student_inputs["text"] = torch.from_numpy(tokens)
+        data.student_inputs["text_mask"] = torch.from_numpy(mask)
+    return data

@@ -1,0 +1,225 @@
+"""Frozen-encoder extraction with an on-disk embedding cache (the CPU default: encode once, train many times).
+
+Each row's embedding is keyed by (sample id, media file size + mtime, encoder fingerprint, sampling config) for
+frames, and (text content, encoder fingerprint) for text. Keys live in Parquet shards under the cache folder;
+a run loads every shard, encodes only the rows whose key is absent, and writes them as new shards as it goes, so
+an interrupted extraction resumes where it stopped and never redoes a finished shard.
+
+Decoding runs in worker processes; encoding is batched; a progress bar shows clips/s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import multiprocessing as mp
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
+
+from cpfd.data.video import FrameClip, FrameSampling, MediaError, decode_video, read_frames_folder
+from cpfd.io import atomic_write
+
+MAX_TEXT_CHARS = 4000  # far beyond what the tokenizer keeps; bounds tokenizer work on pathological titles
+TEXT_SEPARATOR = " | "
+
+
+class ExtractConfig(BaseModel):
+    """How video and text become embeddings (the ``extract`` config section)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    frames_encoder: str = "efficientnet_lite0"
+    frames_encoder_args: dict = Field(default_factory=dict, description="e.g. {path: /models/vit} for hf_vision")
+    text_encoder: str = "minilm_l6"
+    text_encoder_args: dict = Field(default_factory=dict)
+    max_tokens: int = Field(32, ge=2, description="text tokens kept (longer texts are truncated)")
+    sampling: FrameSampling = Field(default_factory=FrameSampling)
+    batch_size: int = Field(32, ge=1, description="frames (or texts) per encoder call")
+    workers: int = Field(2, ge=0, description="decoding processes (0: decode in the main process)")
+    shard_size: int = Field(64, ge=1, description="rows per cache shard")
+    ocr: bool = Field(False, description="add on-screen text read by OCR from the middle frame (extra: ocr)")
+    cache_dir: str | None = Field(None, description="default: <dataset>/.cpfd_cache")
+    device: str = "cpu"
+
+
+@dataclass
+class MediaRow:
+    index: int
+    id: str
+    path: Path
+    kind: str  # "video" or "frames"
+
+
+@dataclass
+class ExtractReport:
+    encoded: int = 0
+    reused: int = 0
+    repeated: list[str] = field(default_factory=list)  # ids of clips shorter than K frames
+    bad: dict[int, str] = field(default_factory=dict)  # row index -> reason
+    seconds: float = 0.0
+
+
+def _media_stamp(path: Path) -> str:
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file())
+        return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def frames_key(row: MediaRow, encoder_fp: str, sampling: FrameSampling) -> str:
+    try:
+        stamp = _media_stamp(row.path)
+    except OSError:
+        stamp = "missing"
+    blob = json.dumps([row.id, str(row.path), stamp, encoder_fp, sampling.model_dump()])
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def text_key(text: str, encoder_fp: str) -> str:
+    return hashlib.sha256(json.dumps([text, encoder_fp]).encode()).hexdigest()[:32]
+
+
+class ShardStore:
+    """key -> float32 arrays, in Parquet shards (``shard-*.parquet``) written atomically."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.index: dict[str, dict[str, np.ndarray]] = {}
+        for shard in sorted(folder.glob("shard-*.parquet")):
+            table = pq.read_table(shard).to_pydict()
+            shapes = {k: json.loads(v) for k, v in (pq.read_schema(shard).metadata or {}).items()
+                      if k.decode().startswith("shape:") for k, v in [(k.decode()[6:], v.decode())]}
+            for i, key in enumerate(table["key"]):
+                self.index[key] = {name: np.frombuffer(table[name][i], dtype=np.float32).reshape(shape)
+                                   for name, shape in shapes.items()}
+
+    def shards(self) -> list[Path]:
+        return sorted(self.folder.glob("shard-*.parquet"))
+
+    def write(self, items: dict[str, dict[str, np.ndarray]]) -> Path:
+        keys = sorted(items)
+        names = list(items[keys[0]])
+        columns = {"key": keys}
+        for name in names:
+            columns[name] = [np.ascontiguousarray(items[k][name], dtype=np.float32).tobytes() for k in keys]
+        meta = {f"shape:{name}": json.dumps(list(items[keys[0]][name].shape)) for name in names}
+        table = pa.table(columns).replace_schema_metadata(meta)
+        name = hashlib.sha256("".join(keys).encode()).hexdigest()[:16]
+        path = self.folder / f"shard-{int(time.time() * 1e6):x}-{name}.parquet"
+        atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+        self.index.update(items)
+        return path
+
+
+def _decode(task: tuple[str, str, dict]) -> tuple[FrameClip | None, str | None]:
+    kind, path, sampling = task
+    try:
+        s = FrameSampling(**sampling)
+        clip = decode_video(path, s) if kind == "video" else read_frames_folder(path, s)
+        return clip, None
+    except MediaError as err:
+        return None, str(err)
+
+
+def _frames_tensor(clips: list[np.ndarray]) -> torch.Tensor:
+    x = torch.from_numpy(np.concatenate(clips)).permute(0, 3, 1, 2).float() / 255.0
+    return x
+
+
+@torch.no_grad()
+def extract_frames(rows: list[MediaRow], encoder, cfg: ExtractConfig, cache: Path,
+                   log: Callable[[str], None] = print, progress: bool = True) -> tuple[dict[int, np.ndarray], ExtractReport]:
+    """Embeddings (K, dim) per row index; rows that cannot be decoded are returned in ``report.bad``."""
+    report = ExtractReport()
+    tic = time.perf_counter()
+    store = ShardStore(cache / f"frames-{encoder.fingerprint()}")
+    keys = {r.index: frames_key(r, encoder.fingerprint(), cfg.sampling) for r in rows}
+    todo = [r for r in rows if keys[r.index] not in store.index]
+    report.reused = len(rows) - len(todo)
+    if report.reused:
+        log(f"extract: reusing {report.reused} cached clips from {store.folder}")
+    encoder = encoder.to(cfg.device).eval()
+    k = cfg.sampling.num_frames
+    sampling = cfg.sampling.model_dump()
+    bar = tqdm(total=len(todo), desc="extract frames", unit="clip", disable=not progress or not todo, leave=False)
+    pool = (ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("fork"))
+            if cfg.workers > 0 and len(todo) > 1 else None)
+    try:
+        for start in range(0, len(todo), cfg.shard_size):
+            chunk = todo[start:start + cfg.shard_size]
+            tasks = [(r.kind, str(r.path), sampling) for r in chunk]
+            decoded = list(pool.map(_decode, tasks)) if pool else [_decode(t) for t in tasks]
+            good: list[tuple[MediaRow, FrameClip]] = []
+            for row, (clip, error) in zip(chunk, decoded):
+                if error:
+                    report.bad[row.index] = error
+                else:
+                    good.append((row, clip))
+                    if clip.repeated:
+                        report.repeated.append(row.id)
+            vectors = []
+            clips_per_batch = max(1, cfg.batch_size // k)
+            for b in range(0, len(good), clips_per_batch):
+                x = _frames_tensor([c.frames for _, c in good[b:b + clips_per_batch]]).to(cfg.device)
+                vectors.append(encoder(x).float().cpu().numpy())
+            if good:
+                flat = np.concatenate(vectors).reshape(len(good), k, -1)
+                store.write({keys[row.index]: {"frames": flat[i]} for i, (row, _) in enumerate(good)})
+            report.encoded += len(good)
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+        if pool:
+            pool.shutdown()
+    report.seconds = time.perf_counter() - tic
+    if todo:
+        rate = len(todo) / max(report.seconds, 1e-9)
+        log(f"extract: encoded {report.encoded} clips ({rate:.2f} clips/s, {rate * k:.1f} frames/s)")
+    if report.repeated:
+        log(f"extract: {len(report.repeated)} clips had fewer than {k} frames; frames were repeated "
+            f"({', '.join(report.repeated[:10])}{' ...' if len(report.repeated) > 10 else ''})")
+    out = {r.index: store.index[keys[r.index]]["frames"] for r in rows if keys[r.index] in store.index}
+    return out, report
+
+
+@torch.no_grad()
+def extract_text(texts: list[str], encoder, cfg: ExtractConfig, cache: Path,
+                 progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Token vectors (n, L, dim) and mask (n, L) for each text, through the cache."""
+    store = ShardStore(cache / f"text-{encoder.fingerprint()}")
+    keys = [text_key(t, encoder.fingerprint()) for t in texts]
+    todo = sorted({k: t for k, t in zip(keys, texts) if k not in store.index}.items())
+    encoder = encoder.to(cfg.device).eval()
+    bar = tqdm(total=len(todo), desc="extract text", unit="text", disable=not progress or not todo, leave=False)
+    for start in range(0, len(todo), cfg.shard_size):
+        chunk = todo[start:start + cfg.shard_size]
+        items = {}
+        for b in range(0, len(chunk), cfg.batch_size):
+            part = chunk[b:b + cfg.batch_size]
+            tokens, mask, _ = encoder([t for _, t in part])
+            for i, (key, _) in enumerate(part):
+                items[key] = {"tokens": tokens[i].float().cpu().numpy(), "mask": mask[i].float().cpu().numpy()}
+        store.write(items)
+        bar.update(len(chunk))
+    bar.close()
+    tokens = np.stack([store.index[k]["tokens"] for k in keys])
+    mask = np.stack([store.index[k]["mask"] for k in keys]).astype(bool)
+    return tokens, mask
+
+
+def default_cache(root: Path, cfg: ExtractConfig) -> Path:
+    return Path(cfg.cache_dir or os.environ.get("CPFD_CACHE") or root / ".cpfd_cache")

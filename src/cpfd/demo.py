@@ -1,0 +1,143 @@
+"""The embedded default: a deterministic short-video dataset generated at run time (no committed binaries).
+
+Clips of two seconds with a moving shape, a coloured background and overlay text are written as mp4 (OpenCV,
+``mp4v``), each with a title. Privileged dense "historical" features (uploader spam history, click
+distribution over categories, audio music score, young-viewer share) carry information the frames and title do
+not. Three tasks with label noise: ``spam`` (binary), ``category`` (4 classes), ``tags`` (multilabel). Three
+business scenarios make the teacher's reliability uneven: ``mature`` videos have accurate history, ``new_upload``
+videos have none (all privileged values missing), ``stale`` videos have history that is mostly noise. Half of
+the train rows carry no label (privileged features only), as in production.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+CATEGORIES = ["sports", "cooking", "gaming", "travel"]
+TAGS = ["outdoor", "music", "kids"]
+SHAPES = ["circle", "square", "triangle", "cross"]
+CATEGORY_WORDS = {"sports": ["match", "goal", "team"], "cooking": ["recipe", "dinner", "bake"],
+                  "gaming": ["level", "boss", "speedrun"], "travel": ["beach", "city", "trip"]}
+FILLER = ["my", "best", "new", "video", "today", "watch", "this", "look", "day", "part"]
+GROUPS = {"mature": 0.5, "new_upload": 0.25, "stale": 0.25}
+
+
+def _draw(shape: str, frame: np.ndarray, centre: tuple[int, int], radius: int, colour: tuple[int, int, int]) -> None:
+    import cv2
+
+    x, y = centre
+    if shape == "circle":
+        cv2.circle(frame, centre, radius, colour, -1)
+    elif shape == "square":
+        cv2.rectangle(frame, (x - radius, y - radius), (x + radius, y + radius), colour, -1)
+    elif shape == "triangle":
+        pts = np.array([[x, y - radius], [x - radius, y + radius], [x + radius, y + radius]], np.int32)
+        cv2.fillPoly(frame, [pts], colour)
+    else:
+        cv2.line(frame, (x - radius, y - radius), (x + radius, y + radius), colour, 6)
+        cv2.line(frame, (x - radius, y + radius), (x + radius, y - radius), colour, 6)
+
+
+def write_clip(path: Path, shape: str, background: tuple[int, int, int], colour: tuple[int, int, int],
+               velocity: tuple[float, float], overlay: str, rng: np.random.Generator, frames: int = 16,
+               size: int = 128, fps: int = 8) -> None:
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (size, size))
+    pos = rng.uniform(30, size - 30, 2)
+    for _ in range(frames):
+        frame = np.empty((size, size, 3), np.uint8)
+        frame[:] = background
+        noise = rng.integers(0, 20, (size, size, 1), dtype=np.uint8)
+        frame = cv2.add(frame, np.repeat(noise, 3, axis=2))
+        _draw(shape, frame, (int(pos[0]), int(pos[1])), 14, colour)
+        if overlay:
+            cv2.putText(frame, overlay, (6, size - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2)
+        writer.write(frame[:, :, ::-1].copy())  # OpenCV writes BGR
+        pos = (pos + velocity) % size
+    writer.release()
+
+
+def generate(folder: str | Path, n_labelled: int = 300, n_unlabelled: int = 300, seed: int = 0,
+             noise: float = 0.1) -> Path:
+    """Write ``folder/dataset.yaml``, ``folder/data.parquet`` and ``folder/clips/*.mp4``; returns the folder."""
+    folder = Path(folder)
+    (folder / "clips").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    n = n_labelled + n_unlabelled
+    group = rng.choice(list(GROUPS), n, p=list(GROUPS.values()))
+    # Unlabelled rows are only useful (and only allowed) with privileged features: no new uploads among them.
+    group[n_labelled:] = rng.choice(["mature", "stale"], n_unlabelled, p=[2 / 3, 1 / 3])
+    category = rng.integers(0, 4, n)
+    spam_propensity = rng.beta(1.2, 3.0, n)  # uploader history: the strongest spam signal, offline only
+    spam = (spam_propensity + 0.15 * rng.normal(size=n)) > 0.4
+    music = rng.random(n) < 0.35
+    kids = rng.random(n) < 0.3
+    outdoor = np.isin(category, [0, 3]) & (rng.random(n) < 0.8)
+    records = []
+    for i in range(n):
+        # Frames: the shape shows the category 60 % of the time; green background = outdoor; yellow shape =
+        # kids (weakly); a "SALE" overlay on a third of the spam clips.
+        shown = category[i] if rng.random() < 0.6 else rng.integers(0, 4)
+        background = (40, 140, 60) if outdoor[i] else tuple(int(c) for c in rng.integers(30, 110, 3))
+        colour = (240, 220, 40) if kids[i] and rng.random() < 0.5 else tuple(int(c) for c in rng.integers(120, 255, 3))
+        overlay = "SALE" if spam[i] and rng.random() < 0.35 else ("" if rng.random() < 0.7 else "hi")
+        velocity = tuple(rng.uniform(-6, 6, 2))
+        clip = folder / "clips" / f"clip{i:04d}.mp4"
+        write_clip(clip, SHAPES[shown], background, colour, velocity, overlay, rng)
+        # Title: a category word half of the time, "song" for music videos 60 % of the time.
+        words = list(rng.choice(FILLER, 3))
+        if rng.random() < 0.5:
+            words.append(rng.choice(CATEGORY_WORDS[CATEGORIES[category[i]]]))
+        if music[i] and rng.random() < 0.6:
+            words.append("song")
+        if spam[i] and rng.random() < 0.25:
+            words.append("free")
+        rng.shuffle(words)
+        # Privileged history; missing for new uploads, mostly noise when stale.
+        clicks = rng.dirichlet(np.ones(4) * 0.5) * 0.3
+        clicks[category[i]] += 0.7
+        dense = {"dense_spam_rate": spam_propensity[i], "dense_music_score": 0.7 * music[i] + 0.3 * rng.random(),
+                 "dense_young_share": 0.6 * kids[i] + 0.4 * rng.random(),
+                 **{f"dense_clicks_{c}": clicks[k] for k, c in enumerate(CATEGORIES)}}
+        if group[i] == "new_upload":
+            dense = {k: np.nan for k in dense}
+        elif group[i] == "stale":
+            dense = {k: (v if rng.random() < 0.3 else rng.random()) for k, v in dense.items()}
+        records.append({"video_id": f"clip{i:04d}", "video_path": f"clips/{clip.name}", "title": " ".join(words),
+                        "scenario": group[i], **dense})
+    df = pd.DataFrame(records)
+
+    def noisy(values: np.ndarray, flip) -> np.ndarray:
+        values = values.copy()
+        mask = rng.random(len(values)) < noise
+        values[mask] = flip(values[mask])
+        return values
+
+    df["is_spam"] = noisy(spam.astype(int), lambda v: 1 - v)
+    df["category"] = np.array(CATEGORIES)[noisy(category, lambda v: rng.integers(0, 4, len(v)))]
+    tag_matrix = np.stack([outdoor, music, kids], 1)
+    tag_matrix = np.where(rng.random(tag_matrix.shape) < noise / 2, ~tag_matrix, tag_matrix)
+    df["tags"] = ["|".join(t for t, on in zip(TAGS, row) if on) for row in tag_matrix]
+    split = np.array(["train"] * n, dtype=object)
+    order = rng.permutation(n_labelled)
+    split[order[int(0.6 * n_labelled): int(0.8 * n_labelled)]] = "val"
+    split[order[int(0.8 * n_labelled):]] = "test"
+    df["split"] = split
+    for col in ("is_spam", "category", "tags"):
+        df[col] = df[col].astype(object)
+        df.loc[n_labelled:, col] = None
+    df.to_parquet(folder / "data.parquet", index=False)
+    spec = {
+        "format": 1, "name": "cpfd-demo-videos", "table": "data.parquet", "id": "video_id", "split": "split",
+        "group": "scenario", "inputs": {"video": "video_path", "text": ["title"]}, "privileged": ["dense_*"],
+        "tasks": [{"name": "spam", "type": "binary", "column": "is_spam"},
+                  {"name": "category", "type": "multiclass", "column": "category", "classes": CATEGORIES},
+                  {"name": "tags", "type": "multilabel", "column": "tags", "classes": TAGS}],
+    }
+    (folder / "dataset.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return folder

