@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: demo test test-all bench install clean
+.PHONY: demo test test-all bench install install-ocr clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,7 +13,12 @@ $(STAMP): pyproject.toml
 	# torch first and pinned: the CPU wheel; a looser spec would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q "torch==2.13.0"
 	$(PY) -m pip install -q -e ".[dev]" "torch==2.13.0"
+	$(MAKE) install-ocr
 	touch $(STAMP)
+
+# RapidOCR declares the GUI opencv-python; install it without dependencies beside opencv-python-headless.
+install-ocr:
+	$(PY) -m pip install -q --no-deps "rapidocr-onnxruntime==1.4.4" "pyclipper>=1.3" "shapely>=2"
 
 install: $(STAMP)
 

@@ -242,3 +242,15 @@ def test_empty_frames_folder(tmp_path):
             (folder / "frames" / f"v{i:04d}" / "000.jpg").write_bytes(b"x")
     msg = _error(folder)
     assert "column 'frames_dir', row 7: frames folder has no images" in msg
+
+
+def test_multilabel_empty_means_no_tag_and_null_means_no_label(tmp_path):
+    def mutate(df):
+        df["tags"] = df["tags"].astype(object)
+        df.at[0, "tags"] = ""
+        df.at[1, "tags"] = None
+        return df
+
+    data = load_dataset(make_dataset(tmp_path / "ds", n=60, mutate=mutate))
+    assert bool(data.label_mask["tags"][0]) and data.labels["tags"][0].sum() == 0
+    assert not bool(data.label_mask["tags"][1])

@@ -209,3 +209,40 @@ def test_cache_key_changes_with_the_file(tmp_path):
     write_video(path, n_frames=12, size=32)  # same name, new content
     _, report = extract_frames(rows, encoder, cfg, tmp_path / "cache", log=lambda m: None, progress=False)
     assert report.encoded == 1
+
+
+def test_end_to_end_mode_fine_tunes_the_encoders_on_cpu(tmp_path):
+    """Smoke test of the GPU mode on a tiny clip set: decoded frames + token ids in, encoders updated."""
+    from cpfd.config import load_config
+    from cpfd.train.loop import make_fabric
+    from cpfd.train.schedule import build_student, distill, fit_teacher, load_student
+
+    folder = _video_dataset(tmp_path / "ds", n=10)
+    cfg = load_config(overrides=["extract.end_to_end=true", "extract.sampling.num_frames=2", "extract.sampling.size=32",
+                                 "extract.max_tokens=8", "extract.workers=0", "train.epochs=1", "train.batch_size=4",
+                                 "train.progress=false", "model.d_model=16", "model.n_layers=1", "model.n_cross_layers=1"])
+    data = load_dataset(folder, extract=cfg.extract, log=lambda m: None)
+    assert data.student_inputs["pixels"].dtype == torch.uint8 and data.student_inputs["pixels"].shape == (10, 2, 32, 32, 3)
+    assert data.student_inputs["text_ids"].shape == (10, 8) and "frames" not in data.student_inputs
+    fabric = make_fabric(cfg.train)
+    fit_teacher(data, cfg, tmp_path / "teacher", fabric, log=lambda m: None)
+    before = {k: v.clone() for k, v in build_student(data, cfg).state_dict().items()}
+    metrics = distill(data, cfg, tmp_path / "student", fabric, tmp_path / "teacher", log=lambda m: None)
+    assert np.isfinite(metrics["test"]["mean_f1"])
+    after = load_student(tmp_path / "student", data).state_dict()
+    changed = [k for k in before if k.startswith("encoders.") and not torch.equal(before[k], after[k])]
+    assert any(k.startswith("encoders.frames.") for k in changed) and any(k.startswith("encoders.text.") for k in changed)
+
+
+def test_ocr_reads_on_screen_text(tmp_path):
+    """rapidocr reads the overlay of a generated clip; the text joins the title as a student text input."""
+    from cpfd.demo import write_clip
+    from cpfd.encoders.ocr import ocr_texts
+
+    (tmp_path / "clips").mkdir()
+    clip = tmp_path / "clips" / "sale.mp4"
+    write_clip(clip, "circle", (40, 40, 40), (200, 200, 200), (2.0, 1.0), "SALE", np.random.default_rng(0), size=128)
+    cfg = ExtractConfig(**{**SMALL, "ocr": True})
+    texts = ocr_texts([MediaRow(0, "sale", clip, "video")], cfg, tmp_path / "cache", log=lambda m: None)
+    assert texts == {0: "SALE"}
+    assert (tmp_path / "cache" / "ocr.json").exists()

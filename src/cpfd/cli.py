@@ -198,6 +198,8 @@ def compare(
     normalize: Annotated[bool, typer.Option(help="add a CPFD arm with batch-normalised weights")] = False,
     confidences: Annotated[Optional[str], typer.Option(help="comma-separated extra confidence functions, one arm each")] = None,
     feature_kd: Annotated[str, typer.Option(help="add a CPFD + feature-distillation arm: mse | cosine")] = "none",
+    labelled_only: Annotated[Optional[bool], typer.Option(
+        help="add PFD/CPFD arms distilled on labelled rows only (default: when the data has unlabelled rows)")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     epochs: EpochsOpt = None,
@@ -215,7 +217,7 @@ def compare(
         data = _load(dataset, on_bad_video, cfg)
         opts = CompareOptions(seeds=seeds, oof=oof, normalize=normalize,
                               confidences=[c.strip() for c in (confidences or "").split(",") if c.strip()],
-                              feature_kd=feature_kd)
+                              feature_kd=feature_kd, labelled_only_arms=labelled_only)
         results = run_compare(data, cfg, out, opts, log=lambda m: console.print(m, highlight=False, markup=False))
     except (DatasetError, ConfigError, ValueError, KeyError) as err:
         _fail(err)
@@ -254,8 +256,8 @@ def extract(
 def demo(
     out: Annotated[Path, typer.Option(help="folder for the generated dataset and the comparison")] = Path("runs/demo"),
     seeds: Annotated[int, typer.Option(help="seeds per arm")] = 3,
-    labelled: Annotated[int, typer.Option(help="labelled clips (split 60/20/20)")] = 240,
-    unlabelled: Annotated[int, typer.Option(help="unlabelled train clips (privileged features only)")] = 240,
+    labelled: Annotated[int, typer.Option(help="labelled clips (split 60/20/20)")] = 300,
+    unlabelled: Annotated[int, typer.Option(help="unlabelled train clips (privileged features only)")] = 300,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -267,10 +269,14 @@ def demo(
     if not (data_dir / "dataset.yaml").exists():
         console.print(f"demo: generating {labelled + unlabelled} clips in {data_dir}", highlight=False)
         generate(data_dir, n_labelled=labelled, n_unlabelled=unlabelled)
-    defaults = ["extract.sampling.num_frames=4", "extract.sampling.size=112", "extract.workers=1"]
+    # Sized for a few hundred clips on 2 CPU cores: small frames, short titles, small batches so that each epoch
+    # has several optimiser steps. The same settings for every arm.
+    defaults = ["extract.sampling.num_frames=4", "extract.sampling.size=112", "extract.workers=1",
+                "extract.max_tokens=16", "train.batch_size=64", "train.epochs=30", "train.patience=6"]
     validate(data_dir)
     compare(data_dir, out=out / "compare", seeds=seeds, oof=False, normalize=False, confidences=None,
-            feature_kd="none", config=config, set_=defaults + list(set_ or []), epochs=None, on_bad_video="fail")
+            feature_kd="none", labelled_only=False, config=config, set_=defaults + list(set_ or []), epochs=None,
+            on_bad_video="fail")
 
 
 @app.command("list")

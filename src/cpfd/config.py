@@ -38,6 +38,10 @@ class TeacherConfig(_Strict):
     use_privileged: bool = Field(True, description="false gives the self-distillation control teacher")
     dense_hidden: list[int] = Field(default_factory=lambda: [128, 64])
     group_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="probability of dropping a privileged group")
+    trunk_dropout: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="probability of zeroing a row's whole trunk vector while training the teacher, so the "
+        "privileged path must predict on its own instead of the trunk memorising high-dimensional inputs")
     groups: dict[str, list[str]] | None = Field(
         None, description="privileged groups as name -> column globs; default: one group per column"
     )

@@ -74,7 +74,7 @@ def generate(folder: str | Path, n_labelled: int = 300, n_unlabelled: int = 300,
     group[n_labelled:] = rng.choice(["mature", "stale"], n_unlabelled, p=[2 / 3, 1 / 3])
     category = rng.integers(0, 4, n)
     spam_propensity = rng.beta(1.2, 3.0, n)  # uploader history: the strongest spam signal, offline only
-    spam = (spam_propensity + 0.15 * rng.normal(size=n)) > 0.4
+    spam = (spam_propensity + 0.08 * rng.normal(size=n)) > 0.4
     music = rng.random(n) < 0.35
     kids = rng.random(n) < 0.3
     outdoor = np.isin(category, [0, 3]) & (rng.random(n) < 0.8)

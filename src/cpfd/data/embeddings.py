@@ -49,8 +49,11 @@ class ExtractConfig(BaseModel):
     batch_size: int = Field(32, ge=1, description="frames (or texts) per encoder call")
     workers: int = Field(2, ge=0, description="decoding processes (0: decode in the main process)")
     shard_size: int = Field(64, ge=1, description="rows per cache shard")
-    ocr: bool = Field(False, description="add on-screen text read by OCR from the middle frame (extra: ocr)")
+    ocr: bool = Field(False, description="add on-screen text read by OCR from the middle frame (make install-ocr)")
+    ocr_size: int = Field(320, ge=64, description="frame size for OCR (text needs more pixels than the encoder)")
     cache_dir: str | None = Field(None, description="default: <dataset>/.cpfd_cache")
+    end_to_end: bool = Field(False, description="keep decoded frames and token ids and fine-tune the encoders with "
+                             "the model (for a GPU); default: frozen encoders and cached embeddings")
     device: str = "cpu"
 
 
@@ -140,6 +143,39 @@ def _frames_tensor(clips: list[np.ndarray]) -> torch.Tensor:
     return x
 
 
+def decode_chunks(rows: list[MediaRow], cfg: ExtractConfig, report: ExtractReport, desc: str = "decode",
+                  progress: bool = True):
+    """Yield (row, clip) chunks of ``shard_size`` rows, decoded in worker processes; bad rows go to ``report``."""
+    sampling = cfg.sampling.model_dump()
+    bar = tqdm(total=len(rows), desc=desc, unit="clip", disable=not progress or not rows, leave=False)
+    pool = (ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("fork"))
+            if cfg.workers > 0 and len(rows) > 1 else None)
+    try:
+        for start in range(0, len(rows), cfg.shard_size):
+            chunk = rows[start:start + cfg.shard_size]
+            tasks = [(r.kind, str(r.path), sampling) for r in chunk]
+            good: list[tuple[MediaRow, FrameClip]] = []
+            for row, (clip, error) in zip(chunk, pool.map(_decode, tasks) if pool else map(_decode, tasks)):
+                if error:
+                    report.bad[row.index] = error
+                    continue
+                good.append((row, clip))
+                if clip.repeated:
+                    report.repeated.append(row.id)
+            yield good
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+        if pool:
+            pool.shutdown()
+
+
+def _log_repeated(report: ExtractReport, k: int, log: Callable[[str], None]) -> None:
+    if report.repeated:
+        log(f"extract: {len(report.repeated)} clips had fewer than {k} frames; frames were repeated "
+            f"({', '.join(report.repeated[:10])}{' ...' if len(report.repeated) > 10 else ''})")
+
+
 @torch.no_grad()
 def extract_frames(rows: list[MediaRow], encoder, cfg: ExtractConfig, cache: Path,
                    log: Callable[[str], None] = print, progress: bool = True) -> tuple[dict[int, np.ndarray], ExtractReport]:
@@ -154,45 +190,33 @@ def extract_frames(rows: list[MediaRow], encoder, cfg: ExtractConfig, cache: Pat
         log(f"extract: reusing {report.reused} cached clips from {store.folder}")
     encoder = encoder.to(cfg.device).eval()
     k = cfg.sampling.num_frames
-    sampling = cfg.sampling.model_dump()
-    bar = tqdm(total=len(todo), desc="extract frames", unit="clip", disable=not progress or not todo, leave=False)
-    pool = (ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("fork"))
-            if cfg.workers > 0 and len(todo) > 1 else None)
-    try:
-        for start in range(0, len(todo), cfg.shard_size):
-            chunk = todo[start:start + cfg.shard_size]
-            tasks = [(r.kind, str(r.path), sampling) for r in chunk]
-            decoded = list(pool.map(_decode, tasks)) if pool else [_decode(t) for t in tasks]
-            good: list[tuple[MediaRow, FrameClip]] = []
-            for row, (clip, error) in zip(chunk, decoded):
-                if error:
-                    report.bad[row.index] = error
-                else:
-                    good.append((row, clip))
-                    if clip.repeated:
-                        report.repeated.append(row.id)
-            vectors = []
-            clips_per_batch = max(1, cfg.batch_size // k)
-            for b in range(0, len(good), clips_per_batch):
-                x = _frames_tensor([c.frames for _, c in good[b:b + clips_per_batch]]).to(cfg.device)
-                vectors.append(encoder(x).float().cpu().numpy())
-            if good:
-                flat = np.concatenate(vectors).reshape(len(good), k, -1)
-                store.write({keys[row.index]: {"frames": flat[i]} for i, (row, _) in enumerate(good)})
-            report.encoded += len(good)
-            bar.update(len(chunk))
-    finally:
-        bar.close()
-        if pool:
-            pool.shutdown()
+    clips_per_batch = max(1, cfg.batch_size // k)
+    for good in decode_chunks(todo, cfg, report, "extract frames", progress):
+        vectors = []
+        for b in range(0, len(good), clips_per_batch):
+            x = _frames_tensor([c.frames for _, c in good[b:b + clips_per_batch]]).to(cfg.device)
+            vectors.append(encoder(x).float().cpu().numpy())
+        if good:
+            flat = np.concatenate(vectors).reshape(len(good), k, -1)
+            store.write({keys[row.index]: {"frames": flat[i]} for i, (row, _) in enumerate(good)})
+        report.encoded += len(good)
     report.seconds = time.perf_counter() - tic
     if todo:
         rate = len(todo) / max(report.seconds, 1e-9)
         log(f"extract: encoded {report.encoded} clips ({rate:.2f} clips/s, {rate * k:.1f} frames/s)")
-    if report.repeated:
-        log(f"extract: {len(report.repeated)} clips had fewer than {k} frames; frames were repeated "
-            f"({', '.join(report.repeated[:10])}{' ...' if len(report.repeated) > 10 else ''})")
+    _log_repeated(report, k, log)
     out = {r.index: store.index[keys[r.index]]["frames"] for r in rows if keys[r.index] in store.index}
+    return out, report
+
+
+def decode_frames(rows: list[MediaRow], cfg: ExtractConfig, log: Callable[[str], None] = print,
+                  progress: bool = True) -> tuple[dict[int, np.ndarray], ExtractReport]:
+    """Decoded frames (K, size, size, 3) uint8 per row index, for end-to-end training (no cache)."""
+    report = ExtractReport()
+    out: dict[int, np.ndarray] = {}
+    for good in decode_chunks(rows, cfg, report, "decode frames", progress):
+        out.update({row.index: clip.frames for row, clip in good})
+    _log_repeated(report, cfg.sampling.num_frames, log)
     return out, report
 
 

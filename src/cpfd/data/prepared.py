@@ -21,6 +21,7 @@ from cpfd.data.embeddings import (
     TEXT_SEPARATOR,
     ExtractConfig,
     MediaRow,
+    decode_frames,
     default_cache,
     extract_frames,
     extract_text,
@@ -177,6 +178,9 @@ def _list_block(df: pd.DataFrame, column: str, out: _Collector) -> np.ndarray | 
 def _parse_labels(df: pd.DataFrame, task: TaskSpec, out: _Collector) -> tuple[np.ndarray, np.ndarray, list[str]]:
     raw = df[task.column].tolist()
     missing = np.array([_is_missing(v) if not isinstance(v, (list, tuple, np.ndarray)) else False for v in raw])
+    if task.type == "multilabel":
+        # An empty string or list is a labelled row with no tag; only null / NaN means "no label".
+        missing = np.array([v is None or (isinstance(v, float) and math.isnan(v)) for v in raw])
     n = len(raw)
     if task.type == "binary":
         y = np.zeros(n, dtype=np.float32)
@@ -419,8 +423,16 @@ def _attach_embeddings(data: PreparedData, spec: DatasetSpec, texts: list[str] |
     if column:
         kind = "video" if spec.inputs.video else "frames"
         rows = [MediaRow(i, data.ids[i], data.root / str(v), kind) for i, v in enumerate(df[column].tolist())]
-        encoder = create_encoder(cfg.frames_encoder, **cfg.frames_encoder_args)
-        vectors, report = extract_frames(rows, encoder, cfg, cache, log)
+        if cfg.ocr:
+            from cpfd.encoders.ocr import ocr_texts
+
+            read = ocr_texts(rows, cfg, cache, log)
+            texts = [TEXT_SEPARATOR.join(p for p in ((texts[i] if texts else ""), read[i]) if p) for i in range(len(rows))]
+        if cfg.end_to_end:
+            vectors, report = decode_frames(rows, cfg, log)
+        else:
+            encoder = create_encoder(cfg.frames_encoder, **cfg.frames_encoder_args)
+            vectors, report = extract_frames(rows, encoder, cfg, cache, log)
         if report.bad:
             bad = np.zeros(len(data), dtype=bool)
             bad[list(report.bad)] = True
@@ -438,10 +450,14 @@ def _attach_embeddings(data: PreparedData, spec: DatasetSpec, texts: list[str] |
             texts = [t for t, k in zip(texts, keep) if k] if texts is not None else None
             vectors = {new: vectors[old] for new, old in enumerate(np.flatnonzero(keep))}
         frames = np.stack([vectors[i] for i in range(len(data))])
-        data.student_inputs["frames"] = torch.from_numpy(frames)
+        data.student_inputs["pixels" if cfg.end_to_end else "frames"] = torch.from_numpy(frames)
         data.student_inputs["frames_mask"] = torch.ones(frames.shape[:2], dtype=torch.bool)
     if texts is not None:
         encoder = create_encoder(cfg.text_encoder, max_tokens=cfg.max_tokens, **cfg.text_encoder_args)
+        if cfg.end_to_end:
+            ids, mask = encoder.tokenize(texts)
+            data.student_inputs["text_ids"], data.student_inputs["text_mask"] = ids, mask
+            return data
         tokens, mask = extract_text(texts, encoder, cfg, cache)
         data.student_inputs["text"] = torch.from_numpy(tokens)
         data.student_inputs["text_mask"] = torch.from_numpy(mask)

@@ -41,6 +41,13 @@ class TextEncoder(nn.Module):
     def fingerprint(self) -> str:
         raise NotImplementedError
 
+    def tokenize(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        """Token ids (B, L) and mask (B, L); with :meth:`encode_ids` this is the trainable (end-to-end) path."""
+        raise NotImplementedError
+
+    def encode_ids(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        raise NotImplementedError
+
     def forward(self, texts: list[str]) -> tuple[Tensor, Tensor, Tensor]:
         raise NotImplementedError
 

@@ -31,14 +31,21 @@ class HFTextEncoder(TextEncoder):
     def fingerprint(self) -> str:
         return self._fingerprint
 
-    def forward(self, texts: list[str]) -> tuple[Tensor, Tensor, Tensor]:
+    def tokenize(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        """Token ids and attention mask, padded / truncated to ``max_tokens``."""
         enc = self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=self.max_tokens,
                              return_tensors="pt")
-        device = next(self.net.parameters()).device
-        out = self.net(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device))
-        mask = enc["attention_mask"].to(device).bool()
+        return enc["input_ids"], enc["attention_mask"].bool()
+
+    def encode_ids(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        out = self.net(input_ids=ids, attention_mask=mask.long())
         tokens = out.last_hidden_state
         return tokens, mask, mean_pool(tokens, mask)
+
+    def forward(self, texts: list[str]) -> tuple[Tensor, Tensor, Tensor]:
+        ids, mask = self.tokenize(texts)
+        device = next(self.net.parameters()).device
+        return self.encode_ids(ids.to(device), mask.to(device))
 
 
 @ENCODERS.register("minilm_l6")

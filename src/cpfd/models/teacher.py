@@ -77,6 +77,7 @@ class Teacher(nn.Module):
             self.tower = DenseTower(n_privileged, teacher_cfg.dense_hidden, group_ids or list(range(n_privileged)),
                                     teacher_cfg.group_dropout, cfg.dropout)
             width += self.tower.out_dim
+        self.trunk_dropout = teacher_cfg.trunk_dropout if self.tower is not None else 0.0
         self.heads = TaskHeads(width, task_outputs, cfg.dropout)
         self.embedding_dim = width
 
@@ -93,5 +94,8 @@ class Teacher(nn.Module):
         if self.tower is not None:
             if privileged is None:
                 raise ValueError("this teacher needs privileged features")
+            if self.training and self.trunk_dropout > 0:
+                keep = (torch.rand(cls.shape[0], 1, device=cls.device) >= self.trunk_dropout).to(cls.dtype)
+                cls = cls * keep / (1 - self.trunk_dropout)
             cls = torch.cat([cls, self.tower(privileged)], dim=1)
         return {"logits": self.heads(cls), "embedding": cls}

@@ -69,9 +69,11 @@ def predict(
     forward: Forward,
     batch_size: int = 1024,
     with_privileged: bool = False,
-    device: torch.device | str = "cpu",
 ) -> dict:
-    """Logits and embedding for ``indices``, scattered into tensors that cover every row (zeros elsewhere)."""
+    """Logits and embedding for ``indices``, scattered into tensors that cover every row (zeros elsewhere).
+
+    Runs on the device the model's parameters are on; results come back on the CPU."""
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     n = len(data)
@@ -173,7 +175,7 @@ def fit(
         bar.close()
         elapsed = time.perf_counter() - tic
 
-        preds = predict(model, data, val_idx, forward, with_privileged=with_privileged, device=fabric.device)
+        preds = predict(model, data, val_idx, forward, with_privileged=with_privileged)
         val = evaluate_logits(data, preds["logits"], eval_split="val", tune_split="val", by_group=False)
         score = val["mean_f1"]
         record = {f"train/{k}": v / max(steps, 1) for k, v in sums.items()}

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import yaml
 from lightning_fabric import Fabric
+from safetensors.torch import load_file
 from torch import nn
 
 from cpfd.config import RunConfig, save_config
@@ -23,6 +24,7 @@ from cpfd.distill.losses import build_loss
 from cpfd.evaluate.diagnostics import weight_diagnostics
 from cpfd.evaluate.evaluation import evaluate_logits
 from cpfd.io import atomic_write_json
+from cpfd.models.end_to_end import EndToEndStudent, EndToEndTeacher, Encoders
 from cpfd.models.fusion import STUDENT_MODALITIES
 from cpfd.models.student import Student
 from cpfd.models.teacher import Teacher
@@ -34,8 +36,32 @@ from cpfd.train.loop import fit, predict, student_forward, teacher_forward
 Log = Callable[[str], None]
 
 
-def input_shapes(data: PreparedData) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape[1:]) for k, v in data.student_inputs.items() if k in STUDENT_MODALITIES}
+def input_shapes(data: PreparedData, encoders: Encoders | None = None) -> dict[str, tuple[int, ...]]:
+    """Per-row shape of each modality the trunk sees (in end-to-end mode: after the trainable encoders)."""
+    shapes = {k: tuple(v.shape[1:]) for k, v in data.student_inputs.items() if k in STUDENT_MODALITIES}
+    if encoders is not None:
+        if "pixels" in data.student_inputs:
+            shapes["frames"] = (data.student_inputs["pixels"].shape[1], encoders.frames.dim)
+        if "text_ids" in data.student_inputs:
+            shapes["text"] = (data.student_inputs["text_ids"].shape[1], encoders.text.dim)
+    return shapes
+
+
+def is_end_to_end(data: PreparedData) -> bool:
+    return "pixels" in data.student_inputs or "text_ids" in data.student_inputs
+
+
+def build_encoders(data: PreparedData, cfg: RunConfig) -> Encoders | None:
+    """Trainable encoders for end-to-end mode (their pretrained weights are the starting point)."""
+    if not is_end_to_end(data):
+        return None
+    from cpfd.encoders import create_encoder
+
+    x = cfg.extract
+    frames = create_encoder(x.frames_encoder, **x.frames_encoder_args) if "pixels" in data.student_inputs else None
+    text = (create_encoder(x.text_encoder, max_tokens=x.max_tokens, **x.text_encoder_args)
+            if "text_ids" in data.student_inputs else None)
+    return Encoders(frames, text)
 
 
 def task_outputs(data: PreparedData) -> dict[str, int]:
@@ -54,27 +80,29 @@ def group_ids(data: PreparedData, groups: dict[str, list[str]] | None) -> list[i
     return [remap[g] for g in ids]
 
 
-def build_teacher(data: PreparedData, cfg: RunConfig) -> Teacher:
-    teacher = Teacher(input_shapes(data), task_outputs(data), cfg.model, cfg.teacher, len(data.privileged_names),
-                      group_ids(data, cfg.teacher.groups))
+def build_teacher(data: PreparedData, cfg: RunConfig) -> nn.Module:
+    encoders = build_encoders(data, cfg)
+    teacher = Teacher(input_shapes(data, encoders), task_outputs(data), cfg.model, cfg.teacher,
+                      len(data.privileged_names), group_ids(data, cfg.teacher.groups))
     train = torch.from_numpy(data.indices("train"))
     teacher.trunk.fit_inputs({k: v[train] for k, v in data.student_inputs.items()})
     if teacher.tower is not None:
         teacher.tower.fit(data.privileged[train])
-    return teacher
+    return EndToEndTeacher(encoders, teacher) if encoders is not None else teacher
 
 
-def build_student(data: PreparedData, cfg: RunConfig) -> Student:
-    student = Student(input_shapes(data), task_outputs(data), cfg.model)
+def build_student(data: PreparedData, cfg: RunConfig) -> nn.Module:
+    encoders = build_encoders(data, cfg)
+    student = Student(input_shapes(data, encoders), task_outputs(data), cfg.model)
     train = torch.from_numpy(data.indices("train"))
     student.trunk.fit_inputs({k: v[train] for k, v in data.student_inputs.items()})
-    return student
+    return EndToEndStudent(encoders, student) if encoders is not None else student
 
 
 class StudentWithProjector(nn.Module):
     """Student + the feature-distillation projector (training only; export takes ``.student``)."""
 
-    def __init__(self, student: Student, teacher_dim: int):
+    def __init__(self, student: nn.Module, teacher_dim: int):
         super().__init__()
         self.student = student
         self.projector = nn.Linear(student.embedding_dim, teacher_dim)
@@ -148,7 +176,7 @@ def fold_assignment(data: PreparedData, cfg: RunConfig) -> list[np.ndarray]:
     return [np.sort(part) for part in np.array_split(rows, cfg.teacher.oof_folds)]
 
 
-def load_teacher(run_dir: str | Path, data: PreparedData, checkpoint: str | Path | None = None) -> Teacher:
+def load_teacher(run_dir: str | Path, data: PreparedData, checkpoint: str | Path | None = None) -> nn.Module:
     """Rebuild a teacher from its run folder (config + best weights) for ``data``'s schema."""
     run_dir = Path(run_dir)
     cfg = RunConfig.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
@@ -275,13 +303,12 @@ def evaluate_student(data: PreparedData, student: nn.Module) -> dict:
     return {"test": evaluate_logits(data, preds["logits"]), "val": evaluate_logits(data, preds["logits"], "val")}
 
 
-def load_student(run_dir: str | Path, data: PreparedData) -> Student:
+def load_student(run_dir: str | Path, data: PreparedData) -> nn.Module:
     run_dir = Path(run_dir)
     cfg = RunConfig.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
     student = build_student(data, cfg)
-    state = __import__("safetensors.torch", fromlist=["load_file"]).load_file(
-        str(run_dir / "checkpoints" / "best.safetensors"))
-    if any(k.startswith("student.") for k in state):
+    state = load_file(str(run_dir / "checkpoints" / "best.safetensors"))
+    if any(k.startswith("projector.") for k in state):  # trained with feature distillation: drop the projector
         state = {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
     student.load_state_dict(state)
     return student.eval()
