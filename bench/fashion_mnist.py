@@ -35,12 +35,13 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
-def build(n_labelled: int, n_unlabelled: int, n_val: int, seed: int = 0) -> Path:
-    ensure_debian_package("dataset-fashion-mnist", ROOT / "train-images-idx3-ubyte.gz")
-    x_train = read_idx(ROOT / "train-images-idx3-ubyte.gz").astype(np.float32) / 255.0
-    y_train = read_idx(ROOT / "train-labels-idx1-ubyte.gz")
-    x_test = read_idx(ROOT / "t10k-images-idx3-ubyte.gz").astype(np.float32) / 255.0
-    y_test = read_idx(ROOT / "t10k-labels-idx1-ubyte.gz")
+def build(n_labelled: int, n_unlabelled: int, n_val: int, seed: int = 0, root: Path = ROOT) -> Path:
+    if root == ROOT:
+        ensure_debian_package("dataset-fashion-mnist", ROOT / "train-images-idx3-ubyte.gz")
+    x_train = read_idx(root / "train-images-idx3-ubyte.gz").astype(np.float32) / 255.0
+    y_train = read_idx(root / "train-labels-idx1-ubyte.gz")
+    x_test = read_idx(root / "t10k-images-idx3-ubyte.gz").astype(np.float32) / 255.0
+    y_test = read_idx(root / "t10k-labels-idx1-ubyte.gz")
     order = np.random.default_rng(seed).permutation(len(x_train))
     lab, val = order[:n_labelled], order[n_labelled:n_labelled + n_val]
     pool = order[n_labelled + n_val:n_labelled + n_val + n_unlabelled]
@@ -69,19 +70,22 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--unlabelled", type=int, default=10000)
     parser.add_argument("--extra", nargs="*", default=["--oof", "--normalize"], help="extra `cpfd compare` flags")
+    parser.add_argument("--data-dir", type=Path, default=ROOT, help="folder with the four idx.gz files")
+    parser.add_argument("--set", dest="sets", action="append", default=[], help="config override, e.g. "
+                        "train.accelerator=cuda")
     args = parser.parse_args()
     sizes = [1000] if args.demo else [int(s) for s in args.sizes.split(",")]
     seeds = 3 if args.demo else args.seeds
     extra = [] if args.demo else args.extra
-    from typer.testing import CliRunner  # noqa: F401  (the CLI is called in-process below)
-
     from cpfd.cli import app
 
     for n in sizes:
-        folder = build(n, args.unlabelled, 1000)
+        folder = build(n, args.unlabelled, 1000, root=args.data_dir)
         out = folder.parent / "compare"
         tic = time.perf_counter()
         cmd = ["compare", str(folder), "--out", str(out), "--seeds", str(seeds), *extra]
+        for item in args.sets:
+            cmd += ["--set", item]
         print(f"$ cpfd {' '.join(cmd)}", flush=True)
         try:
             app(cmd, standalone_mode=False)

@@ -36,10 +36,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--data-dir", type=Path, default=fashion_mnist.ROOT)
     args = parser.parse_args()
     folder = fashion_mnist.OUT / "fmnist_1000" / "data"
     if not (folder / "dataset.yaml").exists():
-        folder = fashion_mnist.build(1000, 10000, 1000)
+        folder = fashion_mnist.build(1000, 10000, 1000, root=args.data_dir)
     data = load_dataset(folder)
     cfg = load_config(overrides=["train.progress=false", "train.epochs=5"])
     teacher_dir = folder.parent / "speed_teacher"
@@ -49,11 +50,16 @@ def main() -> None:
     device = torch.device(args.device)
     types = {t.name: t.type for t in data.tasks}
     teacher = load_teacher(teacher_dir, data).to(device).requires_grad_(False)
-    dataset = RowDataset(data, data.indices("train"), with_privileged=True, teacher=targets)
+    # As in `cpfd distill`: confidences are computed once per run in cached mode, per batch in online mode.
+    cpfd_loss = build_loss(cfg.distill.model_copy(update={"method": "cpfd"}), types, targets.temperatures)
+    everything = {"labels": data.labels, "label_mask": data.label_mask}
+    targets.confidence = {t: cpfd_loss.confidences(t, targets.logits[t], everything) for t in types}
+    cached_set = RowDataset(data, data.indices("train"), teacher=targets)
+    online_set = RowDataset(data, data.indices("train"), with_privileged=True)
     gen = torch.Generator().manual_seed(0)
-    batches = [dataset.__getitems__(torch.randint(len(dataset), (args.batch_size,), generator=gen).tolist())
-               for _ in range(args.steps)]
-    batches = [_to(b, device) for b in batches]
+    picks = [torch.randint(len(cached_set), (args.batch_size,), generator=gen).tolist() for _ in range(args.steps)]
+    cached = [_to(cached_set.__getitems__(p), device) for p in picks]
+    online_batches = [_to(online_set.__getitems__(p), device) for p in picks]
 
     def runner(method: str, online: bool):
         torch.manual_seed(0)
@@ -63,7 +69,7 @@ def main() -> None:
         loss_fn = build_loss(c, types, targets.temperatures)
 
         def run() -> None:
-            for batch in batches:
+            for batch in online_batches if online else cached:
                 if online:
                     with torch.no_grad():
                         out = teacher(**batch["student"], privileged=batch["privileged"])

@@ -207,3 +207,11 @@ def test_gap_closed():
 def test_effective_sample_size():
     assert effective_sample_size(np.array([1.0, 1.0, 0.0, 0.0])) == pytest.approx(0.5)
     assert effective_sample_size(np.ones(10)) == pytest.approx(1.0)
+
+
+def test_precomputed_confidence_gives_the_same_loss():
+    loss = build_loss(DistillConfig(method="cpfd", temperature=1.0), {"spam": "binary"})
+    b = _batch()
+    c = loss.confidences("spam", b["teacher_logits"]["spam"], b)
+    assert close(c, [0.8, 0.7])
+    assert close(loss(OUT, {**b, "confidence": {"spam": c}})["loss"], loss(OUT, b)["loss"])

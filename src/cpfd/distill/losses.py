@@ -154,6 +154,8 @@ class CPFDLoss(PFDLoss):
         self.confidence = CONFIDENCES.get(cfg.confidence)
 
     def confidences(self, task: str, teacher_logits: Tensor, batch: dict) -> Tensor:
+        if "confidence" in batch:  # precomputed for every row (see cpfd.train.schedule.distill)
+            return batch["confidence"][task]
         ttype = self.task_types[task]
         probs = task_probs(teacher_logits.detach(), ttype, self.calibration.get(task, 1.0))
         return self.confidence(probs, batch["labels"][task], batch["label_mask"][task], ttype)

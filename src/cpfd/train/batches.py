@@ -22,6 +22,8 @@ class TeacherTargets:
     logits: dict[str, torch.Tensor]
     embedding: torch.Tensor
     temperatures: dict[str, float]
+    # Per-row confidence c_i per task: a constant of the teacher, labels and calibration, computed once per run.
+    confidence: dict[str, torch.Tensor] | None = None
 
 
 class RowDataset(Dataset):
@@ -59,6 +61,8 @@ class RowDataset(Dataset):
         if self.teacher is not None:
             batch["teacher_logits"] = {t: z[rows] for t, z in self.teacher.logits.items()}
             batch["teacher_embedding"] = self.teacher.embedding[rows]
+            if self.teacher.confidence is not None:
+                batch["confidence"] = {t: c[rows] for t, c in self.teacher.confidence.items()}
         return batch
 
 

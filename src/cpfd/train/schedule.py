@@ -20,7 +20,7 @@ from torch import nn
 
 from cpfd.config import RunConfig, save_config
 from cpfd.data.prepared import PreparedData
-from cpfd.distill.losses import build_loss
+from cpfd.distill.losses import CPFDLoss, build_loss
 from cpfd.evaluate.diagnostics import weight_diagnostics
 from cpfd.evaluate.evaluation import evaluate_logits
 from cpfd.io import atomic_write_json
@@ -280,6 +280,9 @@ def distill(data: PreparedData, cfg: RunConfig, run_dir: str | Path, fabric: Fab
     if method != "none" and cfg.distill.feature_kd != "none":
         model = StudentWithProjector(student, targets.embedding.shape[1])
     loss = build_loss(cfg.distill, _types(data), targets.temperatures if targets else None)
+    if isinstance(loss, CPFDLoss) and targets is not None and online is None:
+        everything = {"labels": data.labels, "label_mask": data.label_mask}
+        targets.confidence = {t.name: loss.confidences(t.name, targets.logits[t.name], everything) for t in data.tasks}
     rows = student_train_rows(data, cfg)
     # Online mode still reads the cache for the calibration temperatures and the weight diagnostics.
     result = fit(fabric, model, loss, data, rows, cfg.train, run_dir, student_forward,
