@@ -77,3 +77,19 @@ def test_compare_writes_report_results_and_plots(tmp_path):
     report = (out / "report.md").read_text()
     assert "| cpfd |" in report and "gap closed" in report and "CPFD vs PFD" in report and "feed" in report
     assert "mean F1" in result.output
+
+
+def test_report_rebuilds_from_seeds_run_separately(tmp_path):
+    ds = make_dataset(tmp_path / "ds", n=160)
+    out = tmp_path / "cmp"
+    for seed in ("0", "1"):  # as two processes (or machines) would, into one folder
+        result = runner.invoke(app, ["compare", str(ds), "--out", str(out), "--seeds", "1", "--epochs", "2",
+                                     "--set", f"train.seed={seed}", *FAST])
+        assert result.exit_code == 0, result.output
+    assert json.loads((out / "results.json").read_text())["options"]["seeds"] == 1
+    result = runner.invoke(app, ["report", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["options"]["seeds"] == 2 and set(results["arms"]) == {"baseline", "self_distill", "pfd", "cpfd",
+                                                                         "teacher"}
+    assert len(results["arms"]["pfd"]["mean_f1"]["values"]) == 2 and (out / "report.md").exists()

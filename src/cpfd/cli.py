@@ -221,16 +221,54 @@ def compare(
         results = run_compare(data, cfg, out, opts, log=lambda m: console.print(m, highlight=False, markup=False))
     except (DatasetError, ConfigError, ValueError, KeyError) as err:
         _fail(err)
-    first_seed = out / f"seed_{cfg.train.seed}"
+    _write_report(data, results, out)
+
+
+def _write_report(data, results: dict, out: Path) -> None:
+    from cpfd.evaluate import plots
+    from cpfd.evaluate.report import markdown_report, rich_table
+    from cpfd.train.teacher_outputs import CACHE_NAME, load_targets
+
+    first_seed = min(int(s) for s in results["per_seed"]["teacher"])
     made = {"F1 by arm": plots.f1_by_arm(results, out / "f1_by_arm.png")}
-    cpfd_weights = results["per_seed"]["cpfd"][str(cfg.train.seed)].get("weights")
+    cpfd_weights = results["per_seed"].get("cpfd", {}).get(str(first_seed), {}).get("weights")
     if cpfd_weights:
         made["CPFD weight histogram"] = plots.weight_histogram(cpfd_weights, out / "cpfd_weights.png")
-    targets = load_targets(first_seed / "teacher_privileged" / "cache" / CACHE_NAME)
+    targets = load_targets(out / f"seed_{first_seed}" / "teacher_privileged" / "cache" / CACHE_NAME)
     made["teacher reliability"] = plots.reliability_diagram(data, targets, out / "teacher_reliability.png")
     report = markdown_report(results, out / "report.md", made)
     Console().print(rich_table(results))
     Console().print(f"report: {report}", highlight=False)
+
+
+@app.command()
+def report(
+    out: Annotated[Path, typer.Argument(help="a compare folder")],
+    dataset: Annotated[Optional[Path], typer.Option(help="dataset folder (default: the one in results.json)")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Rebuild results.json, report.md and the plots of a compare folder from its run folders (every seed_*
+    folder present, e.g. seeds run in parallel by several processes into the same folder)."""
+    from cpfd.compare import CompareOptions, collect, plan_arms
+    from cpfd.io import atomic_write_json
+
+    try:
+        previous = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
+        cfg = _config(config, set_)
+        data = _load(dataset or Path(previous["dataset_path"]), "fail", cfg)
+        from cpfd.distill.confidence import CONFIDENCES
+
+        # Every arm the options can add; collect() keeps those that have run folders.
+        run_names = {p.name for p in out.glob("seed_*/*")}
+        extra = [n.removeprefix("cpfd_") for n in run_names if n.startswith("cpfd_") and n[5:] in CONFIDENCES]
+        opts = CompareOptions(oof=True, normalize=True, confidences=extra, feature_kd="mse", labelled_only_arms=True)
+        arms = plan_arms(data, cfg, opts)
+        results = collect(data, out, arms) | {"dataset_path": str(data.root)}
+    except (DatasetError, ConfigError, ValueError, KeyError) as err:
+        _fail(err)
+    atomic_write_json(out / "results.json", results)
+    _write_report(data, results, out)
 
 
 @app.command()

@@ -9,6 +9,7 @@ confidence functions (``cpfd_<name>``), feature distillation (``cpfd_fkd``). Whe
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,11 +103,30 @@ def run_compare(data: PreparedData, cfg: RunConfig, out_dir: str | Path, opts: C
             per_seed[arm.name][seed] = distill(data, a_cfg, seed_dir / arm.name, fabric,
                                                teachers.get(arm.teacher), log=log)
     results = summarise(data, arms, per_seed)
+    results["dataset_path"] = str(data.root)
     results["options"] = {"seeds": opts.seeds, "oof": opts.oof, "normalize": opts.normalize,
                           "confidences": opts.confidences, "feature_kd": opts.feature_kd}
     results["config"] = cfg.model_dump(mode="json")
     atomic_write_json(out_dir / "results.json", results)
     return results
+
+
+def collect(data: PreparedData, out_dir: str | Path, arms: list[Arm]) -> dict:
+    """Rebuild the results from the run folders of a compare folder (``seed_*/<arm>/metrics.json``), e.g. after
+    seeds were run by separate processes or machines into the same folder."""
+    out_dir = Path(out_dir)
+    per_seed: dict[str, dict[int, dict]] = {a.name: {} for a in arms}
+    for seed_dir in sorted(out_dir.glob("seed_*"), key=lambda p: int(p.name.split("_")[1])):
+        seed = int(seed_dir.name.split("_")[1])
+        for arm in arms:
+            path = seed_dir / ("teacher_privileged" if arm.name == "teacher" else arm.name) / "metrics.json"
+            if path.exists():
+                per_seed[arm.name][seed] = json.loads(path.read_text())
+    complete = [a.name for a in arms if per_seed[a.name]]
+    arms = [a for a in arms if a.name in complete]
+    seeds = set.intersection(*(set(per_seed[a.name]) for a in arms))
+    per_seed = {a.name: {s: r for s, r in per_seed[a.name].items() if s in seeds} for a in arms}
+    return summarise(data, arms, per_seed) | {"options": {"seeds": len(seeds)}}
 
 
 def _stats(values: list[float]) -> dict:

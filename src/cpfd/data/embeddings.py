@@ -150,12 +150,23 @@ def decode_chunks(rows: list[MediaRow], cfg: ExtractConfig, report: ExtractRepor
     bar = tqdm(total=len(rows), desc=desc, unit="clip", disable=not progress or not rows, leave=False)
     pool = (ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("fork"))
             if cfg.workers > 0 and len(rows) > 1 else None)
+    chunks = [rows[start:start + cfg.shard_size] for start in range(0, len(rows), cfg.shard_size)]
+
+    def submit(chunk: list[MediaRow]):
+        tasks = [(r.kind, str(r.path), sampling) for r in chunk]
+        return [pool.submit(_decode, t) for t in tasks] if pool else None
+
     try:
-        for start in range(0, len(rows), cfg.shard_size):
-            chunk = rows[start:start + cfg.shard_size]
-            tasks = [(r.kind, str(r.path), sampling) for r in chunk]
+        pending = submit(chunks[0]) if chunks else None
+        for i, chunk in enumerate(chunks):
+            # Decode the next chunk in the workers while the caller encodes this one.
+            upcoming = submit(chunks[i + 1]) if pool and i + 1 < len(chunks) else None
+            if pool:
+                results = [f.result() for f in pending]
+            else:
+                results = [_decode((r.kind, str(r.path), sampling)) for r in chunk]
             good: list[tuple[MediaRow, FrameClip]] = []
-            for row, (clip, error) in zip(chunk, pool.map(_decode, tasks) if pool else map(_decode, tasks)):
+            for row, (clip, error) in zip(chunk, results):
                 if error:
                     report.bad[row.index] = error
                     continue
@@ -164,10 +175,11 @@ def decode_chunks(rows: list[MediaRow], cfg: ExtractConfig, report: ExtractRepor
                     report.repeated.append(row.id)
             yield good
             bar.update(len(chunk))
+            pending = upcoming
     finally:
         bar.close()
         if pool:
-            pool.shutdown()
+            pool.shutdown(cancel_futures=True)
 
 
 def _log_repeated(report: ExtractReport, k: int, log: Callable[[str], None]) -> None:
