@@ -23,7 +23,7 @@ install-ocr:
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) bench/fashion_mnist.py --demo
+	$(PY) -m cpfd demo --out runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) bench/fashion_mnist.py
 	$(PY) bench/diabetes.py
 	$(PY) bench/speed.py
+	$(PY) bench/extraction.py
 
 clean:
 	rm -rf $(VENV) runs bench/out

@@ -75,3 +75,13 @@ def test_numeric_features_are_standardised_with_train_statistics():
     tokens.proj.register_forward_hook(lambda m, i, o: seen.update(x=i[0]))
     tokens(torch.tensor([[80.0, 0.2]]))
     assert torch.allclose(seen["x"], torch.tensor([[2.0, 0.0]]))
+
+
+def test_teacher_trunk_dropout_zeroes_whole_rows_in_training_only():
+    teacher = Teacher(SHAPES, TASKS, ModelConfig(dropout=0.0), TeacherConfig(trunk_dropout=0.5), n_privileged=3)
+    torch.manual_seed(0)
+    x, d = torch.randn(64, 6), torch.randn(64, 3)
+    trunk_part = teacher.train()(features=x, privileged=d)["embedding"][:, :64]
+    zero_rows = (trunk_part == 0).all(1)
+    assert 0.3 < zero_rows.float().mean() < 0.7
+    assert not (teacher.eval()(features=x, privileged=d)["embedding"][:, :64] == 0).all(1).any()

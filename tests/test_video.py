@@ -166,15 +166,16 @@ def test_hugging_face_folders_as_encoders(tmp_path):
 
 def _extract_cmd(folder: Path, cache: Path) -> list[str]:
     return [sys.executable, "-m", "cpfd", "extract", str(folder), "--set", f"extract.cache_dir={cache}",
-            "--set", "extract.shard_size=1", "--set", "extract.workers=0", "--set", "extract.sampling.size=32",
-            "--set", "extract.sampling.num_frames=4"]
+            "--set", "extract.shard_size=1", "--set", "extract.workers=0", "--set", "extract.sampling.size=96",
+            "--set", "extract.sampling.num_frames=8"]
 
 
 def test_interrupted_extraction_resumes_without_rework(tmp_path):
     folder = _video_dataset(tmp_path / "ds", n=24)
     cache = tmp_path / "cache"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
-    proc = subprocess.Popen(_extract_cmd(folder, cache), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = open(tmp_path / "extract.log", "w")
+    proc = subprocess.Popen(_extract_cmd(folder, cache), env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
     shards: list[Path] = []
     while time.time() < deadline and proc.poll() is None:
@@ -185,14 +186,17 @@ def test_interrupted_extraction_resumes_without_rework(tmp_path):
         time.sleep(0.01)
     proc.wait()
     done = {p: p.stat().st_mtime_ns for p in cache.glob("frames-*/shard-*.parquet")}
-    assert 2 <= len(done) < 24, "the extraction was not interrupted mid-way"
-    cfg = ExtractConfig(**{**SMALL, "cache_dir": str(cache), "shard_size": 1})
+    log.close()
+    assert 2 <= len(done) < 24, f"not interrupted mid-way: {(tmp_path / 'extract.log').read_text()[-2000:]}"
+    # Enough work per clip (8 frames at 96²) that the kill lands mid-way even on a busy machine.
+    big = {**SMALL, "sampling": {"num_frames": 8, "size": 96}}
+    cfg = ExtractConfig(**{**big, "cache_dir": str(cache), "shard_size": 1})
     logs: list[str] = []
     resumed = load_dataset(folder, extract=cfg, log=logs.append)
     assert any(f"reusing {len(done)} cached clips" in m for m in logs)
     assert all(p.stat().st_mtime_ns == t for p, t in done.items())  # finished shards untouched
     assert len(list(cache.glob("frames-*/shard-*.parquet"))) == 24
-    fresh = load_dataset(folder, extract=ExtractConfig(**{**SMALL, "cache_dir": str(tmp_path / "fresh")}),
+    fresh = load_dataset(folder, extract=ExtractConfig(**{**big, "cache_dir": str(tmp_path / "fresh")}),
                          log=lambda m: None)
     assert torch.allclose(resumed.student_inputs["frames"], fresh.student_inputs["frames"], atol=1e-5)
 
