@@ -26,7 +26,7 @@ from cpfd.config import load_config  # noqa: E402
 from cpfd.data import load_dataset  # noqa: E402
 from cpfd.distill.losses import build_loss  # noqa: E402
 from cpfd.train.batches import RowDataset  # noqa: E402
-from cpfd.train.loop import make_fabric  # noqa: E402
+from cpfd.train.loop import make_fabric, to_device  # noqa: E402
 from cpfd.train.schedule import build_student, fit_teacher, load_teacher, teacher_targets  # noqa: E402
 
 
@@ -58,8 +58,8 @@ def main() -> None:
     online_set = RowDataset(data, data.indices("train"), with_privileged=True)
     gen = torch.Generator().manual_seed(0)
     picks = [torch.randint(len(cached_set), (args.batch_size,), generator=gen).tolist() for _ in range(args.steps)]
-    cached = [_to(cached_set.__getitems__(p), device) for p in picks]
-    online_batches = [_to(online_set.__getitems__(p), device) for p in picks]
+    cached = [to_device(cached_set.__getitems__(p), device) for p in picks]
+    online_batches = [to_device(online_set.__getitems__(p), device) for p in picks]
 
     def runner(method: str, online: bool):
         torch.manual_seed(0)
@@ -101,14 +101,6 @@ def main() -> None:
     print(f"CPFD step / plain step (both cached): {med['cpfd (cached)'] / med['baseline (cached)']:.3f}  (target <= 1.10)")
     print(f"online-teacher step / cached step:    {med['cpfd (online teacher)'] / med['cpfd (cached)']:.3f}  "
           f"(target >= 3 for 'cached is 3x faster')")
-
-
-def _to(obj, device):
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
-    return obj
 
 
 if __name__ == "__main__":

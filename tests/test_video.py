@@ -5,6 +5,7 @@ Clips are generated in the tests; the frame encoder is the real EfficientNet-Lit
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -250,3 +251,23 @@ def test_ocr_reads_on_screen_text(tmp_path):
     texts = ocr_texts([MediaRow(0, "sale", clip, "video")], cfg, tmp_path / "cache", log=lambda m: None)
     assert texts == {0: "SALE"}
     assert (tmp_path / "cache" / "ocr.json").exists()
+
+
+def test_skipped_rows_are_listed_in_the_compare_report(tmp_path):
+    from typer.testing import CliRunner
+
+    from cpfd.cli import app
+
+    folder = _video_dataset(tmp_path / "ds", n=20, bad={2: "text"})
+    out = tmp_path / "cmp"
+    sets = ["extract.sampling.size=32", "extract.sampling.num_frames=2", "extract.workers=0", "extract.max_tokens=8",
+            "train.progress=false", "model.d_model=16", f"extract.cache_dir={tmp_path / 'cache'}"]
+    args = ["compare", str(folder), "--out", str(out), "--seeds", "1", "--epochs", "1", "--on-bad-video", "skip"]
+    for item in sets:
+        args += ["--set", item]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = (out / "report.md").read_text()
+    assert "## Skipped rows (1)" in report and "| 3 | c2 | video | cannot decode" in report
+    run = json.loads((out / "seed_0" / "cpfd" / "run.json").read_text())
+    assert [r["id"] for r in run["skipped_rows"]] == ["c2"]

@@ -169,6 +169,7 @@ def distill(
 def evaluate(
     run: Annotated[Path, typer.Argument(help="a run folder (teacher or student)")],
     dataset: Annotated[Optional[Path], typer.Option(help="dataset folder (default: the one the run was trained on)")] = None,
+    on_bad_video: BadVideoOpt = "fail",
 ) -> None:
     """Score a trained run on the test split (thresholds tuned on validation) and write eval.json."""
     from cpfd.io import atomic_write_json
@@ -177,7 +178,7 @@ def evaluate(
     try:
         info = json.loads((run / "run.json").read_text())
         cfg = RunConfig.model_validate(__import__("yaml").safe_load((run / "config.yaml").read_text()))
-        data = _load(dataset or Path(info["dataset"]), info.get("on_bad_video", "fail"), cfg)
+        data = _load(dataset or Path(info["dataset"]), on_bad_video, cfg)
         if info["role"] == "teacher":
             metrics = teacher_report(data, teacher_targets(run, data, console.print))
         else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +104,7 @@ def run_compare(data: PreparedData, cfg: RunConfig, out_dir: str | Path, opts: C
                                                teachers.get(arm.teacher), log=log)
     results = summarise(data, arms, per_seed)
     results["dataset_path"] = str(data.root)
+    results["skipped_rows"] = [asdict(row) for row in data.skipped]
     results["options"] = {"seeds": opts.seeds, "oof": opts.oof, "normalize": opts.normalize,
                           "confidences": opts.confidences, "feature_kd": opts.feature_kd}
     results["config"] = cfg.model_dump(mode="json")
@@ -126,7 +127,8 @@ def collect(data: PreparedData, out_dir: str | Path, arms: list[Arm]) -> dict:
     arms = [a for a in arms if a.name in complete]
     seeds = set.intersection(*(set(per_seed[a.name]) for a in arms))
     per_seed = {a.name: {s: r for s, r in per_seed[a.name].items() if s in seeds} for a in arms}
-    return summarise(data, arms, per_seed) | {"options": {"seeds": len(seeds)}}
+    return summarise(data, arms, per_seed) | {"options": {"seeds": len(seeds)},
+                                              "skipped_rows": [asdict(row) for row in data.skipped]}
 
 
 def _stats(values: list[float]) -> dict:

@@ -75,5 +75,13 @@ def markdown_report(results: dict, path: Path, plots: dict[str, Path]) -> Path:
             for t, w in per_task.items():
                 lines.append(f"| {arm} | {t} | {w['mean_weight']:.3f} | {w['ess_fraction']:.3f} | "
                              f"{w['mean_weight_teacher_correct']:.3f} | {w['mean_weight_teacher_wrong']:.3f} |")
+    skipped = results.get("skipped_rows") or []
+    lines += ["", f"## Skipped rows ({len(skipped)})", ""]
+    if skipped:
+        lines += ["Rows left out under `--on-bad-video skip`:", "", "| file | row | id | column | reason |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['file']} | {r['row']} | {r['id']} | {r['column']} | {r['reason']} |" for r in skipped]
+    else:
+        lines.append("None: every row of the dataset was used.")
     lines += ["", "## Plots", ""] + [f"![{name}]({p.name})" for name, p in plots.items()]
     return atomic_write_text(path, "\n".join(lines) + "\n")

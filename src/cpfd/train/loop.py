@@ -82,7 +82,7 @@ def predict(
     dataset = RowDataset(data, indices, with_privileged=with_privileged)
     for start in range(0, len(indices), batch_size):
         batch = dataset.__getitems__(list(range(start, min(start + batch_size, len(indices)))))
-        batch = _to_device(batch, device)
+        batch = to_device(batch, device)
         out = forward(model, batch)
         rows = batch["index"].cpu()
         for task, z in out["logits"].items():
@@ -94,11 +94,11 @@ def predict(
     return {"logits": logits, "embedding": embedding}
 
 
-def _to_device(obj, device):
+def to_device(obj, device):
     if isinstance(obj, torch.Tensor):
         return obj.to(device)
     if isinstance(obj, dict):
-        return {k: _to_device(v, device) for k, v in obj.items()}
+        return {k: to_device(v, device) for k, v in obj.items()}
     return obj
 
 
@@ -189,11 +189,11 @@ def fit(
         if improved:
             best_score, best_epoch, bad_epochs = score, epoch, 0
             if fabric.is_global_zero:
-                save_weights(_unwrap(model), ckpt_dir / "best.safetensors")
+                save_weights(unwrap(model), ckpt_dir / "best.safetensors")
         else:
             bad_epochs += 1
         if fabric.is_global_zero:
-            save_weights(_unwrap(model), ckpt_dir / "last.safetensors")
+            save_weights(unwrap(model), ckpt_dir / "last.safetensors")
             save_training_state(ckpt_dir / "last_state.safetensors", optimizer, {
                 "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
                 "history": history})
@@ -204,7 +204,7 @@ def fit(
             stopped_early = True
             break
     # Replicas must hold identical weights; a mismatch means a broken data-parallel setup, so say it loudly.
-    checksums = fabric.all_gather(_checksum(_unwrap(model))).reshape(-1).tolist()
+    checksums = fabric.all_gather(_checksum(unwrap(model))).reshape(-1).tolist()
     if len(set(checksums)) > 1:
         fabric.print(f"warning: ranks disagree on the final weights: {checksums}")
     fabric.barrier()
@@ -212,7 +212,7 @@ def fit(
         for logger in loggers:
             logger.finalize("success")
     if (ckpt_dir / "best.safetensors").exists():
-        load_weights(_unwrap(model), ckpt_dir / "best.safetensors")
+        load_weights(unwrap(model), ckpt_dir / "best.safetensors")
     if fabric.is_global_zero:
         atomic_write_json(run_dir / "history.json", {"epochs": history, "rank_weight_checksums": checksums,
                                                      "world_size": fabric.world_size})
@@ -224,7 +224,7 @@ def _checksum(model: nn.Module) -> torch.Tensor:
         return torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> nn.Module:
     """The plain module under Fabric's (and DDP's) wrappers, for saving and loading weights."""
     inner = getattr(model, "module", model)
     return getattr(inner, "module", inner)

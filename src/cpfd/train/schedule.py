@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+from dataclasses import asdict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from cpfd.models.teacher import Teacher
 from cpfd.train import teacher_outputs
 from cpfd.train.batches import TeacherTargets
 from cpfd.train.checkpoint import load_weights
-from cpfd.train.loop import fit, predict, student_forward, teacher_forward
+from cpfd.train.loop import fit, predict, student_forward, teacher_forward, unwrap
 
 Log = Callable[[str], None]
 
@@ -121,6 +122,7 @@ def _write_run(run_dir: Path, cfg: RunConfig, data: PreparedData, role: str, ext
         "tasks": [{"name": t.name, "type": t.type, "classes": t.classes} for t in data.tasks],
         "input_shapes": {k: list(v) for k, v in input_shapes(data).items()},
         "privileged_names": data.privileged_names if role == "teacher" else [],
+        "skipped_rows": [asdict(row) for row in data.skipped],
         **(extra or {}),
     }
     save_config(cfg, run_dir / "config.yaml")
@@ -142,7 +144,7 @@ def fit_teacher(data: PreparedData, cfg: RunConfig, run_dir: str | Path, fabric:
     fit_result = fit(fabric, teacher, build_loss(cfg.distill.model_copy(update={"method": "none"}), _types(data)),
                      data, _train_labelled(data), cfg.train, run_dir, teacher_forward, with_privileged=True,
                      resume=resume, desc="teacher")
-    teacher = _plain(teacher)
+    teacher = unwrap(teacher)
     folds = fold_assignment(data, cfg) if cfg.teacher.oof_folds >= 2 else []
     if fabric.is_global_zero and folds:
         atomic_write_json(run_dir / "folds" / "folds.json", [data.ids[rows].tolist() for rows in folds])
@@ -164,11 +166,6 @@ def fit_teacher(data: PreparedData, cfg: RunConfig, run_dir: str | Path, fabric:
 
 def _types(data: PreparedData) -> dict[str, str]:
     return {t.name: t.type for t in data.tasks}
-
-
-def _plain(model: nn.Module) -> nn.Module:
-    inner = getattr(model, "module", model)
-    return getattr(inner, "module", inner)
 
 
 def fold_assignment(data: PreparedData, cfg: RunConfig) -> list[np.ndarray]:
@@ -302,7 +299,7 @@ def distill(data: PreparedData, cfg: RunConfig, run_dir: str | Path, fabric: Fab
 
 def evaluate_student(data: PreparedData, student: nn.Module) -> dict:
     everything = np.arange(len(data))
-    preds = predict(_plain(student), data, everything, student_forward)
+    preds = predict(unwrap(student), data, everything, student_forward)
     return {"test": evaluate_logits(data, preds["logits"]), "val": evaluate_logits(data, preds["logits"], "val")}
 
 
