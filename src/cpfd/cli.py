@@ -318,6 +318,72 @@ def demo(
             on_bad_video="fail")
 
 
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="a student run folder (from distill)")],
+    out: Annotated[Path, typer.Option(help="bundle folder to write")] = Path("bundle"),
+    dataset: Annotated[Optional[Path], typer.Option(help="dataset for the parity sample (default: the run's)")] = None,
+    tolerance: Annotated[float, typer.Option(help="largest |ONNX - torch| allowed")] = 1e-4,
+    on_bad_video: BadVideoOpt = "fail",
+) -> None:
+    """Write a student-only bundle: safetensors, metadata, preprocessing, ONNX (checked against torch)."""
+    from cpfd.export.bundle import ExportError, export_bundle
+    from cpfd.train.schedule import load_student
+
+    try:
+        info = json.loads((run / "run.json").read_text())
+        if info["role"] != "student":
+            raise ValueError(f"{run} is a {info['role']} run; export a student run (cpfd distill)")
+        cfg = RunConfig.model_validate(__import__("yaml").safe_load((run / "config.yaml").read_text()))
+        data = _load(dataset or Path(info["dataset"]), on_bad_video, cfg)
+        meta = export_bundle(run, out, data, load_student(run, data), tolerance=tolerance)
+    except (DatasetError, ValueError, FileNotFoundError, ExportError) as err:
+        _fail(err)
+    Console().print(f"bundle {out} (version {meta['version']}): inputs {list(meta['inputs'])}; ONNX parity "
+                    f"max |diff| = {meta['parity_max_abs_diff']:.2e}", highlight=False)
+
+
+@app.command()
+def predict(
+    bundle: Annotated[Path, typer.Argument(help="a bundle folder (from export)")],
+    dataset: DatasetArg,
+    out: Annotated[Path, typer.Option(help="Parquet file of predictions")] = Path("preds.parquet"),
+    runtime: Annotated[str, typer.Option(help="torch | onnx")] = "torch",
+    batch_rows: Annotated[int, typer.Option(help="rows read and scored at a time (bounds memory)")] = 256,
+) -> None:
+    """Score a dataset with a bundle: per-task probabilities and labels at the tuned thresholds."""
+    from cpfd.export.predict import predict_dataset
+    from cpfd.export.runtime import StudentBundle
+
+    try:
+        n = predict_dataset(StudentBundle(bundle, runtime), dataset, out, batch_rows,
+                            log=lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True),
+                            progress=sys.stderr.isatty())
+    except (DatasetError, ValueError, FileNotFoundError) as err:
+        _fail(err)
+    Console().print(f"wrote {n} rows to {out}", highlight=False)
+
+
+@app.command()
+def serve(
+    bundle: Annotated[Path, typer.Argument(help="a bundle folder (from export)")],
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8000,
+    runtime: Annotated[str, typer.Option(help="torch | onnx")] = "torch",
+    max_upload_mb: Annotated[float, typer.Option(help="largest request body, MiB")] = 50.0,
+    max_text_chars: Annotated[int, typer.Option(help="longest text field")] = 5000,
+    timeout_s: Annotated[float, typer.Option(help="per-request time limit")] = 30.0,
+) -> None:
+    """Serve the student over HTTP (FastAPI + uvicorn): /healthz, /v1/model, /v1/predict, docs at /docs."""
+    import uvicorn
+
+    from cpfd.export.runtime import StudentBundle
+    from cpfd.serve.app import Limits, create_app
+
+    limits = Limits(max_upload_bytes=int(max_upload_mb * 2**20), max_text_chars=max_text_chars, timeout_s=timeout_s)
+    uvicorn.run(create_app(StudentBundle(bundle, runtime), limits), host=host, port=port, log_level="info")
+
+
 @app.command("list")
 def list_registered() -> None:
     """List the registered confidence functions and losses (usable by name in YAML and on the command line)."""

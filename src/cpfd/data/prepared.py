@@ -75,6 +75,7 @@ class PreparedData:
     fingerprint: str
     source: pd.DataFrame = field(repr=False)
     skipped: list[SkippedRow] = field(default_factory=list)
+    inputs_spec: dict = field(default_factory=dict)  # the dataset's student-input declaration (for serving)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -102,7 +103,7 @@ class PreparedData:
             privileged=self.privileged[idx], privileged_names=self.privileged_names,
             labels={k: v[idx] for k, v in self.labels.items()}, label_mask={k: v[idx] for k, v in self.label_mask.items()},
             fingerprint=self.fingerprint, source=self.source.iloc[np.flatnonzero(keep)].reset_index(drop=True),
-            skipped=list(self.skipped))
+            skipped=list(self.skipped), inputs_spec=self.inputs_spec)
 
     def task(self, name: str) -> TaskInfo:
         return next(t for t in self.tasks if t.name == name)
@@ -406,6 +407,7 @@ def load_dataset(folder: str | Path, seed: int = 0, on_bad_video: str = "fail", 
         fingerprint=_fingerprint(spec_path, df, split),
         source=df,
         skipped=skipped,
+        inputs_spec={**spec.inputs.model_dump(), "features": feature_cols},
     )
     if extract is not None and (spec.inputs.video or spec.inputs.frames or spec.inputs.text):
         data = _attach_embeddings(data, spec, texts, extract, on_bad_video, log)

@@ -123,6 +123,7 @@ def _write_run(run_dir: Path, cfg: RunConfig, data: PreparedData, role: str, ext
         "input_shapes": {k: list(v) for k, v in input_shapes(data).items()},
         "privileged_names": data.privileged_names if role == "teacher" else [],
         "skipped_rows": [asdict(row) for row in data.skipped],
+        "inputs_spec": data.inputs_spec,
         **(extra or {}),
     }
     save_config(cfg, run_dir / "config.yaml")

@@ -1,0 +1,1 @@
+"""Ship the student: a self-contained bundle (weights, metadata, preprocessing, ONNX) and its runtimes."""

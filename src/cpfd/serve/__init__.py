@@ -1,0 +1,1 @@
+"""The HTTP service for an exported student (FastAPI + uvicorn)."""

@@ -1,0 +1,191 @@
+"""Export (bundle, ONNX parity, no privileged input), batch prediction, and the HTTP service."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from cpfd.cli import app
+from cpfd.export.runtime import StudentBundle
+from cpfd.serve.app import Limits, create_app
+from test_video import _video_dataset
+from videos import write_video
+
+SETS = ["extract.sampling.size=32", "extract.sampling.num_frames=2", "extract.workers=0", "extract.max_tokens=8",
+        "train.progress=false", "model.d_model=16", "train.epochs=2"]
+
+
+def _sets(cache: Path) -> list[str]:
+    out = []
+    for item in SETS + [f"extract.cache_dir={cache}"]:
+        out += ["--set", item]
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    data = _video_dataset(root / "ds", n=24)
+    runner = CliRunner()
+    sets = _sets(root / "cache")
+    for args in (["fit-teacher", str(data), "--out", str(root / "teacher")],
+                 ["distill", str(data), "--teacher", str(root / "teacher"), "--out", str(root / "student")],
+                 ["export", str(root / "student"), "--out", str(root / "bundle")]):
+        result = runner.invoke(app, args + (sets if args[0] != "export" else []))
+        assert result.exit_code == 0, result.output
+    return root
+
+
+def test_bundle_is_student_only(exported):
+    bundle = exported / "bundle"
+    assert {p.name for p in bundle.iterdir()} == {"bundle.json", "student.onnx", "student.safetensors"}
+    graph_inputs = [i.name for i in onnx.load(str(bundle / "student.onnx")).graph.input]
+    assert graph_inputs == ["frames", "frames_mask", "text", "text_mask"]
+    assert not any("privileged" in n or "dense" in n for n in graph_inputs)
+    keys = load_file(str(bundle / "student.safetensors"))
+    assert keys and not any("tower" in k for k in keys)
+    meta = json.loads((bundle / "bundle.json").read_text())
+    assert meta["parity_max_abs_diff"] <= 1e-4 and "privileged" not in json.dumps(meta["inputs"])
+    assert [t["name"] for t in meta["tasks"]] == ["label"] and 0 <= meta["tasks"][0]["threshold"] <= 1
+
+
+def test_parity_check_fails_export(exported, tmp_path):
+    from cpfd.config import RunConfig
+    from cpfd.data import load_dataset
+    from cpfd.export.bundle import ExportError, export_bundle
+    from cpfd.train.schedule import load_student
+
+    import yaml
+
+    cfg = RunConfig.model_validate(yaml.safe_load((exported / "student" / "config.yaml").read_text()))
+    data = load_dataset(exported / "ds", extract=cfg.extract, log=lambda m: None)
+    with pytest.raises(ExportError, match="parity check failed"):
+        export_bundle(exported / "student", tmp_path / "b", data, load_student(exported / "student", data),
+                      tolerance=-1.0)
+    assert not (tmp_path / "b").exists()
+
+
+def test_predict_torch_and_onnx_agree_and_keep_bad_rows(exported, tmp_path):
+    ds = exported / "ds"
+    (ds / "clips" / "c5.mp4").write_text("not a video any more")
+    runner = CliRunner()
+    outs = {}
+    for rt in ("torch", "onnx"):
+        outs[rt] = tmp_path / f"{rt}.parquet"
+        result = runner.invoke(app, ["predict", str(exported / "bundle"), str(ds), "--out", str(outs[rt]),
+                                     "--runtime", rt, "--batch-rows", "7"])
+        assert result.exit_code == 0, result.output
+        assert "ignoring 1 privileged column(s) (dense)" in result.output
+    a, b = pd.read_parquet(outs["torch"]), pd.read_parquet(outs["onnx"])
+    assert len(a) == 24 and list(a["id"]) == [f"c{i}" for i in range(24)]
+    assert "cannot decode" in a.loc[5, "error"] and pd.isna(a.loc[5, "label_prob"])
+    ok = a["error"].isna()
+    assert ok.sum() == 23
+    assert np.allclose(a.loc[ok, "label_prob"], b.loc[ok, "label_prob"], atol=1e-4)
+    write_video(ds / "clips" / "c5.mp4", n_frames=5, size=32)
+
+
+@pytest.fixture(scope="module")
+def client(exported):
+    bundle = StudentBundle(exported / "bundle")
+    limits = Limits(max_upload_bytes=200_000, max_text_chars=100, timeout_s=60, decode_workers=1)
+    with TestClient(create_app(bundle, limits)) as c:
+        yield c
+
+
+def test_health_and_model(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    info = client.get("/v1/model").json()
+    assert info["tasks"][0]["name"] == "label" and info["text_fields"] == ["title"] and info["accepts_video"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_predict_upload_and_json(client, exported):
+    clip = (exported / "ds" / "clips" / "c1.mp4").read_bytes()
+    r = client.post("/v1/predict", files={"video": ("c1.mp4", clip, "video/mp4")}, data={"title": "clip number 1"})
+    assert r.status_code == 200, r.text
+    p = r.json()["predictions"]["label"]
+    assert 0 <= p["probs"] <= 1 and p["label"] in (0, 1)
+    r = client.post("/v1/predict", json={"text": {"title": "clip"}, "frame_embeddings": np.zeros((2, 1280)).tolist()})
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("kind,status,reason", [
+    ("content-type", 415, "content type"),
+    ("oversize", 413, "over the limit"),
+    ("corrupt-video", 422, "video cannot be used"),
+    ("missing-field", 422, "missing field: video"),
+    ("missing-text", 422, "missing field: text"),
+    ("vector-length", 422, "expected shape"),
+    ("non-numeric", 422, "frame_embeddings"),
+    ("server-path", 400, "server-side paths are not accepted"),
+    ("long-text", 413, "longer than 100 characters"),
+    ("bad-json", 400, "not valid JSON"),
+])
+def test_bad_requests_get_a_4xx_with_a_reason(client, kind, status, reason):
+    emb = np.zeros((2, 1280)).tolist()
+    if kind == "content-type":
+        r = client.post("/v1/predict", content=b"hello", headers={"content-type": "text/plain"})
+    elif kind == "oversize":
+        r = client.post("/v1/predict", files={"video": ("big.mp4", b"\0" * 300_000, "video/mp4")})
+    elif kind == "corrupt-video":
+        r = client.post("/v1/predict", files={"video": ("x.mp4", b"not a video", "video/mp4")}, data={"title": "t"})
+    elif kind == "missing-field":
+        r = client.post("/v1/predict", data={"title": "t"}, files={"other": ("a.txt", b"x", "text/plain")})
+    elif kind == "missing-text":
+        r = client.post("/v1/predict", json={"frame_embeddings": emb})
+    elif kind == "vector-length":
+        r = client.post("/v1/predict", json={"text": {"title": "t"}, "frame_embeddings": [[0.0] * 7] * 2})
+    elif kind == "non-numeric":
+        r = client.post("/v1/predict", json={"text": {"title": "t"}, "frame_embeddings": [["a"] * 1280] * 2})
+    elif kind == "server-path":
+        r = client.post("/v1/predict", json={"video_path": "/etc/passwd", "text": {"title": "t"}})
+    elif kind == "long-text":
+        r = client.post("/v1/predict", json={"text": {"title": "x" * 101}, "frame_embeddings": emb})
+    else:
+        r = client.post("/v1/predict", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    assert reason in r.json()["detail"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_real_server_on_loopback(exported):
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "cpfd", "serve", str(exported / "bundle"), "--port", str(port),
+                             "--runtime", "onnx"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        clip = (exported / "ds" / "clips" / "c2.mp4").read_bytes()
+        r = httpx.post(f"{base}/v1/predict", files={"video": ("c2.mp4", clip, "video/mp4")},
+                       data={"title": "clip number 2"}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["model_version"] == json.loads((exported / "bundle" / "bundle.json").read_text())["version"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
