@@ -52,7 +52,8 @@ def exported(tmp_path_factory):
 
 def test_bundle_is_student_only(exported):
     bundle = exported / "bundle"
-    assert {p.name for p in bundle.iterdir()} == {"bundle.json", "student.onnx", "student.safetensors"}
+    assert {p.name for p in bundle.iterdir()} == {"bundle.json", "student.onnx", "student.safetensors",
+                                                  "frames_encoder.onnx"}
     graph_inputs = [i.name for i in onnx.load(str(bundle / "student.onnx")).graph.input]
     assert graph_inputs == ["frames", "frames_mask", "text", "text_mask"]
     assert not any("privileged" in n or "dense" in n for n in graph_inputs)
@@ -61,6 +62,8 @@ def test_bundle_is_student_only(exported):
     meta = json.loads((bundle / "bundle.json").read_text())
     assert meta["parity_max_abs_diff"] <= 1e-4 and "privileged" not in json.dumps(meta["inputs"])
     assert [t["name"] for t in meta["tasks"]] == ["label"] and 0 <= meta["tasks"][0]["threshold"] <= 1
+    assert meta["encoders_onnx"]["frames"].startswith("frames_encoder.onnx")
+    assert "text" in meta["encoders_onnx"]  # exported or, with the reason, kept in torch
 
 
 def test_parity_check_fails_export(exported, tmp_path):

@@ -69,6 +69,57 @@ def _core_inputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, 
     return dict(batch)
 
 
+class _TextEncoderIds(nn.Module):
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.encoder.encode_ids(ids, mask)[0]
+
+
+def _export_encoders(student: nn.Module, data: PreparedData, cfg: RunConfig, out_dir: Path, tolerance: float) -> dict:
+    """ONNX copies of the frozen encoders where they export cleanly (parity within ``tolerance``); the others
+    stay torch modules built from the registry at load time. Returns what happened to each, for bundle.json."""
+    import onnxruntime as ort
+
+    from cpfd.encoders import create_encoder
+
+    report: dict[str, str] = {}
+    x = cfg.extract
+    jobs = []
+    if "frames" in data.student_inputs:
+        frames = create_encoder(x.frames_encoder, **x.frames_encoder_args).eval()
+        size = x.sampling.size
+        sample = (torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(0)),)
+        jobs.append(("frames", frames, sample, ["frames"], {"frames": {0: "n"}, "out": {0: "n"}}))
+    if "text" in data.student_inputs:
+        text = create_encoder(x.text_encoder, max_tokens=x.max_tokens, **x.text_encoder_args).eval()
+        ids, mask = text.tokenize(["a short title", "a somewhat longer title about a video"])
+        jobs.append(("text", _TextEncoderIds(text), (ids, mask), ["ids", "mask"],
+                     {"ids": {0: "n"}, "mask": {0: "n"}, "out": {0: "n"}}))
+    for name, module, sample, names, axes in jobs:
+        path = out_dir / f"{name}_encoder.onnx"
+        try:
+            torch.onnx.export(module, sample, str(path), input_names=names, output_names=["out"], dynamo=False,
+                              opset_version=17, dynamic_axes=axes)
+            with torch.no_grad():
+                ref = module(*sample).numpy()
+            got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+                None, {n: t.numpy() for n, t in zip(names, sample)})[0]
+            diff = float(np.abs(got - ref).max())
+        except Exception as err:  # noqa: BLE001 - any exporter failure means "keep it in torch"
+            diff, reason = float("inf"), f"{type(err).__name__}: {err}"[:200]
+        else:
+            reason = f"max |onnx - torch| = {diff:.1e}"
+        if diff <= tolerance:
+            report[name] = f"{path.name} ({reason})"
+        else:
+            path.unlink(missing_ok=True)
+            report[name] = f"not exported, runs in torch ({reason})"
+    return report
+
+
 def export_bundle(run_dir: str | Path, out_dir: str | Path, data: PreparedData, student: nn.Module,
                   tolerance: float = 1e-4, sample_rows: int = 16) -> dict:
     """Write the bundle for a trained student run; returns ``bundle.json``'s content."""
@@ -106,6 +157,8 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path, data: PreparedData, 
         shutil.rmtree(out_dir)
         raise ExportError(f"ONNX parity check failed: max |onnx - torch| = {diff:.2e} > {tolerance:.0e}")
 
+    encoders_onnx = _export_encoders(student, data, cfg, out_dir, tolerance) if not isinstance(student, EndToEndStudent) \
+        else {"frames": "not exported: end-to-end encoders run in torch"}
     thresholds = {t: metrics["test"]["tasks"][t].get("threshold", metrics["test"]["tasks"][t].get("thresholds"))
                   for t in tasks}
     info = json.loads((run_dir / "run.json").read_text())
@@ -124,6 +177,7 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path, data: PreparedData, 
         "model": cfg.model.model_dump(mode="json"),
         "input_shapes": info["input_shapes"],
         "parity_max_abs_diff": diff,
+        "encoders_onnx": encoders_onnx,
     }
     atomic_write_json(out_dir / "bundle.json", meta)
     return meta

@@ -104,7 +104,18 @@ class StudentBundle:
         return self.extract.sampling
 
     def encode_frames(self, clips: list[np.ndarray]) -> np.ndarray:
-        """Decoded clips (K, H, W, 3) uint8 -> frame embeddings (B, K, D)."""
+        """Decoded clips (K, H, W, 3) uint8 -> frame embeddings (B, K, D); the bundle's ONNX frame encoder with
+        the onnx runtime when export produced one."""
+        onnx_path = self.folder / "frames_encoder.onnx"
+        if self.runtime == "onnx" and onnx_path.exists():
+            if not hasattr(self, "_frames_session"):
+                import onnxruntime as ort
+
+                self._frames_session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+            pixels = np.stack(clips)
+            b, k = pixels.shape[:2]
+            x = pixels.reshape(b * k, *pixels.shape[2:]).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+            return self._frames_session.run(None, {"frames": x})[0].reshape(b, k, -1)
         with torch.no_grad():
             pixels = torch.from_numpy(np.stack(clips))
             return self.encoders(pixels, None, None)["frames"].float().numpy()
