@@ -208,9 +208,6 @@ def compare(
 ) -> None:
     """Run the honest ablation: baseline, self-distillation control, PFD, CPFD, teacher (+ options) over seeds."""
     from cpfd.compare import CompareOptions, run_compare
-    from cpfd.evaluate import plots
-    from cpfd.evaluate.report import markdown_report, rich_table
-    from cpfd.train.teacher_outputs import CACHE_NAME, load_targets
 
     try:
         cfg = _config(config, set_, **{"train.epochs": epochs})

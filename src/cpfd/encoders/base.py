@@ -6,7 +6,6 @@ import hashlib
 import re
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
 from cpfd.registry import Registry

@@ -4,9 +4,7 @@ truncated to ``max_tokens``."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
-import torch
 from torch import Tensor
 
 from cpfd.encoders.base import ENCODERS, EncoderError, TextEncoder, file_fingerprint, local_path, mean_pool
