@@ -192,3 +192,11 @@ def test_real_server_on_loopback(exported):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_request_timeout_is_a_504(exported):
+    bundle = StudentBundle(exported / "bundle")
+    with TestClient(create_app(bundle, Limits(timeout_s=0.001, decode_workers=1))) as c:
+        clip = (exported / "ds" / "clips" / "c1.mp4").read_bytes()
+        r = c.post("/v1/predict", files={"video": ("c1.mp4", clip, "video/mp4")}, data={"title": "t"})
+    assert r.status_code == 504 and "longer than" in r.json()["detail"]

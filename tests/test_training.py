@@ -145,12 +145,16 @@ def test_online_teacher_matches_cached_teacher(fitted):
     assert a["mean_f1"] == pytest.approx(b["mean_f1"], abs=1e-6)
 
 
-def test_ddp_two_cpu_processes(tmp_path):
+@pytest.mark.parametrize("launcher", ["fabric", "torchrun"])
+def test_ddp_two_cpu_processes(tmp_path, launcher):
     ds = make_dataset(tmp_path / "ds", n=200)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
-    cmd = [sys.executable, "-m", "cpfd", "distill", str(ds), "--method", "none", "--out", str(tmp_path / "ddp"),
-           "--devices", "2", "--epochs", "4", "--set", "train.progress=false", "--set", "train.patience=10",
-           "--set", "train.lr=0.003"]
+    args = ["distill", str(ds), "--method", "none", "--out", str(tmp_path / "ddp"), "--epochs", "4",
+            "--set", "train.progress=false", "--set", "train.patience=10", "--set", "train.lr=0.003"]
+    if launcher == "fabric":
+        cmd = [sys.executable, "-m", "cpfd", *args, "--devices", "2"]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "cpfd", *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     history = json.loads((tmp_path / "ddp" / "history.json").read_text())

@@ -270,3 +270,16 @@ def test_skipped_rows_are_listed_in_the_compare_report(tmp_path):
     assert "## Skipped rows (1)" in report and "| 3 | c2 | video | cannot decode" in report
     run = json.loads((out / "seed_0" / "cpfd" / "run.json").read_text())
     assert [r["id"] for r in run["skipped_rows"]] == ["c2"]
+
+
+def test_non_utf8_title_in_csv_names_row_and_column(tmp_path):
+    folder = _video_dataset(tmp_path / "ds", n=10)
+    df = pd.read_parquet(folder / "data.parquet")
+    df.to_csv(folder / "data.csv", index=False)
+    raw = (folder / "data.csv").read_bytes().replace(b"clip number 4", b"clip caf\xe9 4")
+    (folder / "data.csv").write_bytes(raw)
+    spec = yaml.safe_load((folder / "dataset.yaml").read_text())
+    spec["table"] = "data.csv"
+    (folder / "dataset.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(DatasetError, match=r"data.csv, column 'title', row 5: text is not valid UTF-8"):
+        load_dataset(folder)

@@ -32,6 +32,8 @@ def read_table(root: Path, pattern: str) -> pd.DataFrame:
             raise DatasetError([Problem(str(path), f"unsupported table format {path.suffix!r} (use {', '.join(READERS)})")])
         try:
             df = reader(path)
+        except UnicodeDecodeError:
+            raise DatasetError([_utf8_problem(path)]) from None
         except Exception as err:  # noqa: BLE001 - any parser failure is reported against the file
             raise DatasetError([Problem(str(path), f"cannot be read: {type(err).__name__}: {err}")]) from None
         df = df.reset_index(drop=True)
@@ -42,6 +44,27 @@ def read_table(root: Path, pattern: str) -> pd.DataFrame:
     if any(set(c) != set(columns[0]) for c in columns):
         raise DatasetError([Problem(str(paths[0]), "table shards do not share the same columns")])
     return pd.concat(frames, ignore_index=True)
+
+
+def _utf8_problem(path: Path) -> Problem:
+    """Locate the first invalid UTF-8 byte of a text table: its data row and, for CSV, its column."""
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n")  # 0-based line; line 0 is the CSV header
+        row = line if path.suffix.lower() == ".csv" else line + 1
+        column = None
+        if path.suffix.lower() == ".csv":
+            import csv
+            import io
+
+            lines = raw.decode("utf-8", errors="replace").splitlines()
+            header = next(csv.reader([lines[0]]))
+            fields = next(csv.reader(io.StringIO(lines[line]))) if line < len(lines) else []
+            column = next((h for h, f in zip(header, fields) if "\ufffd" in f), None)
+        return Problem(str(path), f"text is not valid UTF-8 (byte {err.start})", column, [row])
+    return Problem(str(path), "text is not valid UTF-8")
 
 
 def expand_columns(patterns: list[str], columns: list[str]) -> tuple[list[str], list[str]]:

@@ -13,6 +13,7 @@ split itself, so all ranks take the same early-stopping decision without talking
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,9 +55,15 @@ class FitResult:
 
 
 def make_fabric(cfg: TrainConfig) -> Fabric:
-    """CPU single process unless ``devices > 1`` (DDP; gloo on CPU); torchrun's environment is picked up."""
-    strategy = "ddp" if cfg.devices > 1 else "auto"
-    fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, strategy=strategy, precision=cfg.precision)
+    """CPU single process unless ``devices > 1`` (DDP; gloo on CPU). Under torchrun the process layout comes from
+    its environment (LOCAL_WORLD_SIZE processes per node, WORLD_SIZE in all), whatever ``devices`` says."""
+    devices, nodes = cfg.devices, 1
+    if "LOCAL_WORLD_SIZE" in os.environ and "WORLD_SIZE" in os.environ:
+        devices = int(os.environ["LOCAL_WORLD_SIZE"])
+        nodes = max(1, int(os.environ["WORLD_SIZE"]) // devices)
+    strategy = "ddp" if devices * nodes > 1 else "auto"
+    fabric = Fabric(accelerator=cfg.accelerator, devices=devices, num_nodes=nodes, strategy=strategy,
+                    precision=cfg.precision)
     fabric.launch()
     return fabric
 
