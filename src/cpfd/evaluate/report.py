@@ -13,6 +13,10 @@ def _pm(stats: dict) -> str:
     return "n/a" if stats["mean"] != stats["mean"] else f"{stats['mean']:.4f} ± {stats['std']:.4f}"
 
 
+def _pm_short(stats: dict) -> str:
+    return "n/a" if stats["mean"] != stats["mean"] else f"{stats['mean']:.3f} ±{stats['std']:.3f}"
+
+
 def _gap(value) -> str:
     return "undefined" if value is None else f"{100 * value:+.1f} %"
 
@@ -20,13 +24,13 @@ def _gap(value) -> str:
 def rich_table(results: dict) -> Table:
     seeds = results.get("options", {}).get("seeds", "?")
     table = Table(title=f"cpfd compare — {results['dataset']} (test F1, mean ± std over {seeds} seeds)")
-    table.add_column("arm", style="bold")
+    table.add_column("arm", style="bold", no_wrap=True)
     for task in results["tasks"]:
         table.add_column(task, justify="right")
     table.add_column("mean F1", justify="right")
     table.add_column("gap closed", justify="right")
     for arm, entry in results["arms"].items():
-        table.add_row(arm, *[_pm(entry["f1"][t]) for t in results["tasks"]], _pm(entry["mean_f1"]),
+        table.add_row(arm, *[_pm_short(entry["f1"][t]) for t in results["tasks"]], _pm_short(entry["mean_f1"]),
                       _gap(entry["gap_closed"]["mean_f1"]) if arm not in ("baseline", "teacher") else "")
     return table
 
