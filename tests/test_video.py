@@ -174,8 +174,8 @@ def test_interrupted_extraction_resumes_without_rework(tmp_path):
     folder = _video_dataset(tmp_path / "ds", n=24)
     cache = tmp_path / "cache"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
-    log = open(tmp_path / "extract.log", "w")
-    proc = subprocess.Popen(_extract_cmd(folder, cache), env=env, stdout=log, stderr=subprocess.STDOUT)
+    with open(tmp_path / "extract.log", "w") as log:
+        proc = subprocess.Popen(_extract_cmd(folder, cache), env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
     shards: list[Path] = []
     while time.time() < deadline and proc.poll() is None:

@@ -100,10 +100,6 @@ class ConfigError(ValueError):
     pass
 
 
-def _parse_value(text: str) -> Any:
-    return yaml.safe_load(text)
-
-
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``section.key=value`` strings (values parsed as YAML) onto a nested dict."""
     for item in overrides:
@@ -116,7 +112,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {key!r} is not a section")
-        node[keys[-1]] = _parse_value(value)
+        node[keys[-1]] = yaml.safe_load(value)
     return raw
 
 

@@ -111,8 +111,7 @@ def load_spec(folder: str | Path) -> tuple[DatasetSpec, Path]:
         for e in err.errors():
             key = ".".join(str(p) for p in e["loc"])
             msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-            problems.append(Problem(str(path), f"{msg}", column=None if not key else None, rows=[]))
-            problems[-1].message = f"key {key!r}: {msg}"
+            problems.append(Problem(str(path), f"key {key!r}: {msg}"))
         raise DatasetError(problems) from None
     names = [t.name for t in spec.tasks]
     dupes = sorted({n for n in names if names.count(n) > 1})

@@ -142,7 +142,7 @@ def fit_teacher(data: PreparedData, cfg: RunConfig, run_dir: str | Path, fabric:
         _write_run(run_dir, cfg, data, "teacher")
     fabric.seed_everything(cfg.train.seed, verbose=False)
     teacher = build_teacher(data, cfg)
-    fit_result = fit(fabric, teacher, build_loss(cfg.distill.model_copy(update={"method": "none"}), _types(data)),
+    fit_result = fit(fabric, teacher, _teacher_loss(cfg, data),
                      data, _train_labelled(data), cfg.train, run_dir, teacher_forward, with_privileged=True,
                      resume=resume, desc="teacher")
     teacher = unwrap(teacher)
@@ -153,7 +153,7 @@ def fit_teacher(data: PreparedData, cfg: RunConfig, run_dir: str | Path, fabric:
         fabric.seed_everything(cfg.train.seed + 1000 * (k + 1), verbose=False)
         fold_teacher = build_teacher(data, cfg)
         train_rows = np.setdiff1d(_train_labelled(data), held_out)
-        fit(fabric, fold_teacher, build_loss(cfg.distill.model_copy(update={"method": "none"}), _types(data)), data,
+        fit(fabric, fold_teacher, _teacher_loss(cfg, data), data,
             train_rows, cfg.train, run_dir / "folds" / str(k), teacher_forward, with_privileged=True,
             resume=resume, desc=f"fold {k + 1}/{len(folds)}")
     metrics = {}
@@ -163,6 +163,11 @@ def fit_teacher(data: PreparedData, cfg: RunConfig, run_dir: str | Path, fabric:
         atomic_write_json(run_dir / "metrics.json", metrics)
     fabric.barrier()
     return metrics
+
+
+def _teacher_loss(cfg: RunConfig, data: PreparedData) -> nn.Module:
+    """Teachers learn from labels only."""
+    return build_loss(cfg.distill.model_copy(update={"method": "none"}), _types(data))
 
 
 def _types(data: PreparedData) -> dict[str, str]:
