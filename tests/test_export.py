@@ -70,7 +70,7 @@ def test_parity_check_fails_export(exported, tmp_path):
     from cpfd.config import RunConfig
     from cpfd.data import load_dataset
     from cpfd.export.bundle import ExportError, export_bundle
-    from cpfd.train.schedule import load_student
+    from cpfd.models.build import load_student
 
     import yaml
 

@@ -19,8 +19,9 @@ from cpfd.config import load_config
 from cpfd.data import load_dataset
 from cpfd.train.loop import make_fabric
 from conftest import make_dataset
-from cpfd.train.teacher_outputs import CACHE_NAME
-from cpfd.train.schedule import distill, fit_teacher, student_train_rows, teacher_targets
+from cpfd.runs import TEACHER_OUTPUTS as CACHE_NAME
+from cpfd.train.schedule import distill, fit_teacher, student_train_rows
+from cpfd.train.teacher_outputs import teacher_targets
 
 FAST = ["train.epochs=3", "train.patience=10", "train.progress=false", "model.d_model=32", "train.batch_size=64"]
 

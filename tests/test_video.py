@@ -19,9 +19,11 @@ import pytest
 import torch
 import yaml
 
+from cpfd.config import ExtractConfig, FrameSampling
 from cpfd.data import DatasetError, load_dataset
-from cpfd.data.embeddings import ExtractConfig, MediaRow, extract_frames
-from cpfd.data.video import FrameSampling, MediaError, decode_video, read_frames_folder, sample_indices
+from cpfd.data.embeddings import MediaRow, extract_frames
+from cpfd.data.preprocess import Preprocessor
+from cpfd.data.video import MediaError, decode_video, read_frames_folder, sample_indices
 from cpfd.encoders import EncoderError, create_encoder
 from videos import write_audio_only, write_video
 
@@ -202,16 +204,15 @@ def test_interrupted_extraction_resumes_without_rework(tmp_path):
 
 
 def test_cache_key_changes_with_the_file(tmp_path):
-    encoder = create_encoder("efficientnet_lite0")
-    cfg = ExtractConfig(**SMALL)
+    pre = Preprocessor(ExtractConfig(**SMALL))
     path = write_video(tmp_path / "a.mp4", n_frames=8, size=32)
     rows = [MediaRow(0, "a", path, "video")]
-    first, report = extract_frames(rows, encoder, cfg, tmp_path / "cache", log=lambda m: None, progress=False)
+    first, report = extract_frames(rows, pre, tmp_path / "cache", log=lambda m: None, progress=False)
     assert report.encoded == 1
-    _, report = extract_frames(rows, encoder, cfg, tmp_path / "cache", log=lambda m: None, progress=False)
+    _, report = extract_frames(rows, pre, tmp_path / "cache", log=lambda m: None, progress=False)
     assert report.encoded == 0 and report.reused == 1
     write_video(path, n_frames=12, size=32)  # same name, new content
-    _, report = extract_frames(rows, encoder, cfg, tmp_path / "cache", log=lambda m: None, progress=False)
+    _, report = extract_frames(rows, pre, tmp_path / "cache", log=lambda m: None, progress=False)
     assert report.encoded == 1
 
 
@@ -219,7 +220,8 @@ def test_end_to_end_mode_fine_tunes_the_encoders_on_cpu(tmp_path):
     """Smoke test of the GPU mode on a tiny clip set: decoded frames + token ids in, encoders updated."""
     from cpfd.config import load_config
     from cpfd.train.loop import make_fabric
-    from cpfd.train.schedule import build_student, distill, fit_teacher, load_student
+    from cpfd.models.build import build_student, load_student
+    from cpfd.train.schedule import distill, fit_teacher
 
     folder = _video_dataset(tmp_path / "ds", n=10)
     cfg = load_config(overrides=["extract.end_to_end=true", "extract.sampling.num_frames=2", "extract.sampling.size=32",
@@ -241,13 +243,13 @@ def test_end_to_end_mode_fine_tunes_the_encoders_on_cpu(tmp_path):
 def test_ocr_reads_on_screen_text(tmp_path):
     """rapidocr reads the overlay of a generated clip; the text joins the title as a student text input."""
     from cpfd.demo import write_clip
-    from cpfd.encoders.ocr import ocr_texts
+    from cpfd.data.embeddings import extract_ocr
 
     (tmp_path / "clips").mkdir()
     clip = tmp_path / "clips" / "sale.mp4"
     write_clip(clip, "circle", (40, 40, 40), (200, 200, 200), (2.0, 1.0), "SALE", np.random.default_rng(0), size=128)
     cfg = ExtractConfig(**{**SMALL, "ocr": True})
-    texts = ocr_texts([MediaRow(0, "sale", clip, "video")], cfg, tmp_path / "cache", log=lambda m: None)
+    texts = extract_ocr([MediaRow(0, "sale", clip, "video")], Preprocessor(cfg), tmp_path / "cache", log=lambda m: None)
     assert texts == {0: "SALE"}
     assert (tmp_path / "cache" / "ocr.json").exists()
 

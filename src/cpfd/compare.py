@@ -5,11 +5,15 @@ CPFD way: separates "privileged features helped" from "distillation regularises"
 ``teacher`` (upper bound). Options add arms: cross-fitted teacher outputs (``*_oof``), ``cpfd_norm``, other
 confidence functions (``cpfd_<name>``), feature distillation (``cpfd_fkd``). When the dataset has unlabelled rows,
 ``pfd_labelled`` / ``cpfd_labelled`` distil on labelled rows only, so the report shows where the gain comes from.
+
+Each arm's run folder records the arm (name, teacher, description) in its ``run.json`` and its own resolved
+config; :func:`collect` builds ``results.json`` from those folders alone, so ``cpfd compare`` and ``cpfd report``
+(seeds run by separate processes into one folder) produce the same file. Every comparison is a paired-seed
+difference with its standard error, and a verdict is printed only at ≥ 2 s.e. with ≥ 3 seeds.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,12 +22,19 @@ import numpy as np
 
 from cpfd.config import RunConfig
 from cpfd.data.prepared import PreparedData
+from cpfd.errors import CpfdError
+from cpfd.evaluate import plots
 from cpfd.evaluate.metrics import gap_closed
+from cpfd.evaluate.report import markdown_report
+from cpfd.distill.targets import load_targets
 from cpfd.io import atomic_write_json
+from cpfd.runs import CompareFolder
 from cpfd.train.loop import make_fabric
 from cpfd.train.schedule import distill, fit_teacher
 
 Log = Callable[[str], None]
+MIN_SEEDS_FOR_VERDICT = 3
+SIGNIFICANCE_SE = 2.0
 
 
 @dataclass
@@ -32,6 +43,7 @@ class Arm:
     teacher: str | None  # which teacher run feeds it: "privileged", "self", "oof" or None
     overrides: dict = field(default_factory=dict)  # on cfg.distill
     description: str = ""
+    order: int = 0
 
 
 @dataclass
@@ -68,67 +80,74 @@ def plan_arms(data: PreparedData, cfg: RunConfig, opts: CompareOptions) -> list[
         arms.append(Arm("cpfd_fkd", "privileged", {**main, "feature_kd": opts.feature_kd},
                         f"CPFD + {opts.feature_kd} feature distillation"))
     arms.append(Arm("teacher", None, {}, "teacher with privileged features (upper bound)"))
+    for k, arm in enumerate(arms):
+        arm.order = k
     return arms
 
 
 def run_compare(data: PreparedData, cfg: RunConfig, out_dir: str | Path, opts: CompareOptions,
                 log: Log = print) -> dict:
-    """Train every arm for every seed, then summarise; returns (and writes) ``results.json``."""
-    out_dir = Path(out_dir)
+    """Train every arm for every seed, then summarise from the run folders; returns (and writes) ``results.json``."""
+    folder = CompareFolder(out_dir)
     arms = plan_arms(data, cfg, opts)
+    teacher_arm = next(a for a in arms if a.name == "teacher")
     fabric = make_fabric(cfg.train)
-    per_seed: dict[str, dict[int, dict]] = {a.name: {} for a in arms}
     for s in range(opts.seeds):
         seed = cfg.train.seed + s
-        seed_dir = out_dir / f"seed_{seed}"
         base = cfg.model_copy(deep=True)
         base.train.seed = seed
         teachers: dict[str, Path] = {}
-        needed = {a.teacher for a in arms if a.teacher} | {"privileged"}
-        for kind in sorted(needed):
+        for kind in sorted({a.teacher for a in arms if a.teacher} | {"privileged"}):
             t_cfg = base.model_copy(deep=True)
             t_cfg.teacher.use_privileged = kind != "self"
             t_cfg.teacher.oof_folds = max(cfg.teacher.oof_folds, 5) if kind == "oof" else 0
-            teachers[kind] = seed_dir / f"teacher_{kind}"
+            teachers[kind] = folder.teacher(seed, kind).path
             log(f"[seed {seed}] teacher ({kind})")
-            metrics = fit_teacher(data, t_cfg, teachers[kind], fabric, log=log)
-            if kind == "privileged":
-                per_seed["teacher"][seed] = metrics
+            extra = {"arm": asdict(teacher_arm)} if kind == "privileged" else {"teacher_kind": kind}
+            fit_teacher(data, t_cfg, teachers[kind], fabric, log=log, extra=extra)
         for arm in arms:
             if arm.name == "teacher":
                 continue
             a_cfg = base.model_copy(deep=True)
             a_cfg.distill = a_cfg.distill.model_copy(update=arm.overrides)
             log(f"[seed {seed}] {arm.name}: {arm.description}")
-            per_seed[arm.name][seed] = distill(data, a_cfg, seed_dir / arm.name, fabric,
-                                               teachers.get(arm.teacher), log=log)
-    results = summarise(data, arms, per_seed)
-    results["dataset_path"] = str(data.root)
-    results["skipped_rows"] = [asdict(row) for row in data.skipped]
-    results["options"] = {"seeds": opts.seeds, "oof": opts.oof, "normalize": opts.normalize,
-                          "confidences": opts.confidences, "feature_kd": opts.feature_kd}
-    results["config"] = cfg.model_dump(mode="json")
-    atomic_write_json(out_dir / "results.json", results)
+            distill(data, a_cfg, folder.arm(seed, arm.name).path, fabric, teachers.get(arm.teacher), log=log,
+                    extra={"arm": asdict(arm)})
+    results = collect(data, folder, seeds=[cfg.train.seed + s for s in range(opts.seeds)])
+    atomic_write_json(folder.results_file, results)
     return results
 
 
-def collect(data: PreparedData, out_dir: str | Path, arms: list[Arm]) -> dict:
-    """Rebuild the results from the run folders of a compare folder (``seed_*/<arm>/metrics.json``), e.g. after
-    seeds were run by separate processes or machines into the same folder."""
-    out_dir = Path(out_dir)
-    per_seed: dict[str, dict[int, dict]] = {a.name: {} for a in arms}
-    for seed_dir in sorted(out_dir.glob("seed_*"), key=lambda p: int(p.name.split("_")[1])):
-        seed = int(seed_dir.name.split("_")[1])
-        for arm in arms:
-            path = seed_dir / ("teacher_privileged" if arm.name == "teacher" else arm.name) / "metrics.json"
-            if path.exists():
-                per_seed[arm.name][seed] = json.loads(path.read_text())
-    complete = [a.name for a in arms if per_seed[a.name]]
-    arms = [a for a in arms if a.name in complete]
-    seeds = set.intersection(*(set(per_seed[a.name]) for a in arms))
-    per_seed = {a.name: {s: r for s, r in per_seed[a.name].items() if s in seeds} for a in arms}
-    return summarise(data, arms, per_seed) | {"options": {"seeds": len(seeds)},
-                                              "skipped_rows": [asdict(row) for row in data.skipped]}
+def collect(data: PreparedData, folder: CompareFolder, seeds: list[int] | None = None) -> dict:
+    """``results.json`` from a compare folder's run folders (of ``seeds``, default every ``seed_*`` present): every
+    arm that finished on every one of those seeds."""
+    per_seed: dict[str, dict[int, dict]] = {}
+    arms: dict[str, dict] = {}
+    configs: dict[str, dict] = {}
+    skipped: list = []
+    for seed in seeds if seeds is not None else folder.seeds():
+        for run in folder.runs(seed):
+            arm = run.info.get("arm")
+            if arm is None or not run.metrics_file.exists():
+                continue
+            arms.setdefault(arm["name"], arm)
+            configs.setdefault(arm["name"], run.config.distill.model_dump(mode="json"))
+            per_seed.setdefault(arm["name"], {})[seed] = run.metrics()
+            skipped = run.info.get("skipped_rows", [])
+    if not {"baseline", "teacher"} <= set(arms):
+        raise CpfdError(f"{folder.path}: no finished baseline and teacher runs to summarise (run `cpfd compare`)")
+    seeds = sorted(set.intersection(*(set(runs) for runs in per_seed.values())))
+    if not seeds:
+        raise CpfdError(f"{folder.path}: no seed has every arm finished")
+    order = sorted(arms, key=lambda name: arms[name]["order"])
+    per_seed = {a: {s: per_seed[a][s] for s in seeds} for a in order}
+    results = summarise(data, [Arm(**arms[a]) for a in order], per_seed)
+    for name in order:
+        results["arms"][name]["teacher_source"] = arms[name]["teacher"]
+        if name != "teacher":
+            results["arms"][name]["distill_config"] = configs[name]
+    return results | {"dataset_path": str(data.root), "options": {"seeds": len(seeds), "seed_values": seeds},
+                      "skipped_rows": skipped}
 
 
 def _stats(values: list[float]) -> dict:
@@ -136,6 +155,22 @@ def _stats(values: list[float]) -> dict:
     if not len(arr):
         return {"mean": float("nan"), "std": float("nan"), "values": []}
     return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, "values": arr.tolist()}
+
+
+def paired_difference(a: list[float], b: list[float]) -> dict:
+    """Mean and standard error over seeds of ``a_s - b_s``, and the verdict it supports."""
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    d = d[np.isfinite(d)]
+    n = len(d)
+    mean = float(d.mean()) if n else float("nan")
+    se = float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+    if n < MIN_SEEDS_FOR_VERDICT:
+        verdict = "not enough seeds"
+    elif abs(mean) >= SIGNIFICANCE_SE * se and mean != 0:
+        verdict = "better" if mean > 0 else "worse"
+    else:
+        verdict = "no difference"
+    return {"mean": mean, "se": se, "n": n, "verdict": verdict}
 
 
 def summarise(data: PreparedData, arms: list[Arm], per_seed: dict[str, dict[int, dict]]) -> dict:
@@ -150,6 +185,8 @@ def summarise(data: PreparedData, arms: list[Arm], per_seed: dict[str, dict[int,
             groups = sorted(next(iter(runs.values()))["test"].get("groups", {}))
             entry["groups"] = {g: _stats([r["test"]["groups"][g]["mean_f1"] for r in runs.values()]) for g in groups}
             entry["group_f1_spread"] = _stats([r["test"]["group_f1_spread"] for r in runs.values()])
+            entry["worst_group_f1"] = _stats([min(r["test"]["groups"][g]["mean_f1"] for g in groups)
+                                              for r in runs.values()])
         weights = [r["weights"] for r in runs.values() if "weights" in r]
         if weights:
             entry["weights"] = {
@@ -157,20 +194,44 @@ def summarise(data: PreparedData, arms: list[Arm], per_seed: dict[str, dict[int,
                     for k in ("mean_weight", "ess_fraction", "mean_weight_teacher_correct", "mean_weight_teacher_wrong")}
                 for t in tasks}
         summary[arm.name] = entry
+    seeds = sorted(per_seed["baseline"])
+
+    def series(arm: str) -> list[float]:
+        return [per_seed[arm][s]["test"]["mean_f1"] for s in seeds]
+
+    teacher_gap = paired_difference(series("teacher"), series("baseline"))
+    gap_is_real = teacher_gap["verdict"] == "better"
     base, teacher = summary["baseline"], summary["teacher"]
     for name, entry in summary.items():
+        entry["vs_baseline"] = paired_difference(series(name), series("baseline"))
+        if "pfd" in summary:
+            entry["vs_pfd"] = paired_difference(series(name), series("pfd"))
         entry["gap_closed"] = {t: gap_closed(entry["f1"][t]["mean"], base["f1"][t]["mean"], teacher["f1"][t]["mean"])
                                for t in tasks}
         per_task = [g for g in entry["gap_closed"].values() if g is not None]
         entry["gap_closed"]["mean_of_tasks"] = float(np.mean(per_task)) if per_task else None
-        entry["gap_closed"]["mean_f1"] = gap_closed(entry["mean_f1"]["mean"], base["mean_f1"]["mean"],
-                                                    teacher["mean_f1"]["mean"])
+        entry["gap_closed"]["mean_f1"] = (gap_closed(entry["mean_f1"]["mean"], base["mean_f1"]["mean"],
+                                                     teacher["mean_f1"]["mean"]) if gap_is_real else None)
     teacher_runs = per_seed["teacher"]
     calibration = {t: {k: _stats([r["calibration"][t][k] for r in teacher_runs.values()])["mean"]
                        for k in ("temperature", "test_ece_before", "test_ece_after")} for t in tasks}
     verdict = None
     if "cpfd" in summary and "pfd" in summary:
-        delta = summary["cpfd"]["mean_f1"]["mean"] - summary["pfd"]["mean_f1"]["mean"]
-        verdict = {"cpfd_minus_pfd": delta, "cpfd_beats_pfd": bool(delta > 0)}
+        verdict = {"cpfd_minus_pfd": summary["cpfd"]["vs_pfd"]["mean"], **summary["cpfd"]["vs_pfd"]}
     return {"dataset": data.name, "tasks": tasks, "arms": summary, "teacher_calibration": calibration,
-            "cpfd_vs_pfd": verdict, "per_seed": {a: {str(s): r for s, r in runs.items()} for a, runs in per_seed.items()}}
+            "teacher_vs_baseline": teacher_gap, "cpfd_vs_pfd": verdict,
+            "per_seed": {a: {str(s): r for s, r in runs.items()} for a, runs in per_seed.items()}}
+
+
+def write_report(data: PreparedData, results: dict, folder: CompareFolder) -> Path:
+    """report.md and its plots beside results.json. Plots from one seed say which."""
+    first_seed = min(int(s) for s in results["per_seed"]["teacher"])
+    made = {"F1 by arm": plots.f1_by_arm(results, folder.plot("f1_by_arm"))}
+    cpfd_weights = results["per_seed"].get("cpfd", {}).get(str(first_seed), {}).get("weights")
+    if cpfd_weights:
+        made[f"CPFD weight histogram (seed {first_seed})"] = plots.weight_histogram(
+            cpfd_weights, folder.plot("cpfd_weights"), title=f"CPFD weights (train rows, seed {first_seed})")
+    targets = load_targets(folder.teacher(first_seed, "privileged").teacher_outputs)
+    made[f"teacher reliability (seed {first_seed})"] = plots.reliability_diagram(
+        data, targets, folder.plot("teacher_reliability"), title_suffix=f"seed {first_seed}")
+    return markdown_report(results, folder.report_file, made)

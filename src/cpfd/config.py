@@ -1,4 +1,10 @@
-"""Typed run configuration: YAML file + ``key.path=value`` overrides, validated on load, saved resolved with every run."""
+"""Typed run configuration: YAML file + ``key.path=value`` overrides, validated on load, saved resolved with every run.
+
+This is the floor of the package: it imports nothing above :mod:`cpfd.registry`. Names of registered things
+(losses, confidence functions, encoders) are checked against their registries here, at load time, so a typo fails
+before any compute with the list of registered names. ``plugins:`` modules are imported first, so what they
+register is valid too.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,55 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cpfd.data.embeddings import ExtractConfig
+from cpfd.errors import ConfigError
+from cpfd.io import atomic_write_text, load_yaml
+from cpfd.registry import CONFIDENCES, ENCODERS, LOSSES, load_plugins
+
+__all__ = ["ConfigError", "RunConfig", "ExtractConfig", "FrameSampling", "ModelConfig", "TeacherConfig",
+           "DistillConfig", "TrainConfig", "load_config", "config_from_dict", "save_config", "apply_overrides"]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class FrameSampling(BaseModel):
+    """How K frames are taken from a clip (part of every frame-cache key and of the bundle's preprocessing)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_frames: int = Field(4, ge=1, description="K frames per clip")
+    size: int = Field(160, ge=32, description="frames are resized to size×size RGB")
+    strategy: Literal["uniform", "head"] = Field("uniform", description="uniform over the clip, or the first K")
+
+
+class ExtractConfig(BaseModel):
+    """How video and text become embeddings (the ``extract`` section); training and serving read the same one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    frames_encoder: str = "efficientnet_lite0"
+    frames_encoder_args: dict = Field(default_factory=dict, description="e.g. {path: /models/vit} for hf_vision")
+    text_encoder: str = "minilm_l6"
+    text_encoder_args: dict = Field(default_factory=dict)
+    max_tokens: int = Field(32, ge=2, description="text tokens kept (longer texts are truncated)")
+    sampling: FrameSampling = Field(default_factory=FrameSampling)
+    batch_size: int = Field(32, ge=1, description="frames (or texts) per encoder call")
+    workers: int = Field(2, ge=0, description="decoding processes (0: decode in the main process)")
+    shard_size: int = Field(64, ge=1, description="rows per cache shard")
+    ocr: bool = Field(False, description="add on-screen text read by OCR from the middle frame (make install-ocr)")
+    ocr_size: int = Field(320, ge=64, description="frame size for OCR (text needs more pixels than the encoder)")
+    cache_dir: str | None = Field(None, description="default: <dataset>/.cpfd_cache")
+    end_to_end: bool = Field(False, description="keep decoded frames and token ids and fine-tune the encoders with "
+                             "the model (for a GPU); default: frozen encoders and cached embeddings")
+    device: str = "cpu"
+
+    @field_validator("frames_encoder", "text_encoder")
+    @classmethod
+    def _registered_encoder(cls, name: str) -> str:
+        return ENCODERS.check(name)
 
 
 class ModelConfig(_Strict):
@@ -52,7 +100,7 @@ class TeacherConfig(_Strict):
 class DistillConfig(_Strict):
     """L = (1-λ)·CE(y, s) + λ·w_i·τ²·KD(t/τ, s/τ); see docs/method.md."""
 
-    method: Literal["none", "pfd", "cpfd"] = "cpfd"
+    method: str = Field("cpfd", description="name in the loss registry: none (baseline), pfd, cpfd, or a plugin's")
     lam: float = Field(0.5, ge=0.0, le=1.0, description="λ, weight of the imitation term")
     temperature: float = Field(2.0, gt=0.0, description="τ")
     confidence: str = Field("true_class", description="name in the confidence registry")
@@ -66,6 +114,16 @@ class DistillConfig(_Strict):
     teacher_outputs: Literal["cached", "online"] = Field(
         "cached", description="online runs the frozen teacher every step (for benchmarks); cached reads the cache"
     )
+
+    @field_validator("method")
+    @classmethod
+    def _registered_loss(cls, name: str) -> str:
+        return LOSSES.check(name)
+
+    @field_validator("confidence")
+    @classmethod
+    def _registered_confidence(cls, name: str) -> str:
+        return CONFIDENCES.check(name)
 
     @model_validator(mode="after")
     def _interpolate_weights_in_unit_range(self) -> "DistillConfig":
@@ -89,15 +147,13 @@ class TrainConfig(_Strict):
 
 
 class RunConfig(_Strict):
+    plugins: list[str] = Field(default_factory=list, description="modules imported before validation; what they "
+                               "register (confidence functions, losses, encoders, task types) is usable by name")
     extract: ExtractConfig = Field(default_factory=ExtractConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-
-
-class ConfigError(ValueError):
-    pass
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -112,31 +168,40 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {key!r} is not a section")
-        node[keys[-1]] = yaml.safe_load(value)
+        node[keys[-1]] = load_yaml(value, "override")
     return raw
+
+
+def config_from_dict(raw: dict[str, Any], where: str = "config") -> RunConfig:
+    """Import the config's plugins, then validate it (the one way a :class:`RunConfig` is made from data)."""
+    plugins = raw.get("plugins") or []
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        raise ConfigError(f"{where}: plugins must be a list of module names")
+    load_plugins(plugins)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        lines = [f"{where}: invalid configuration"]
+        for e in err.errors():
+            lines.append(f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}")
+        raise ConfigError("\n".join(lines)) from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     raw: dict[str, Any] = {}
     if path is not None:
-        text = Path(path).read_text()
-        raw = yaml.safe_load(text) or {}
+        try:
+            text = Path(path).read_text()
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot be read: {err.strerror}") from None
+        raw = load_yaml(text, str(path)) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the config must be a mapping of sections")
     raw = apply_overrides(raw, overrides or [])
-    try:
-        return RunConfig.model_validate(raw)
-    except ValidationError as err:
-        where = f"{path}" if path else "config"
-        lines = [f"{where}: invalid configuration"]
-        for e in err.errors():
-            lines.append(f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}")
-        raise ConfigError("\n".join(lines)) from None
+    return config_from_dict(raw, str(path) if path else "config")
 
 
 def save_config(config: RunConfig, path: str | Path, extra: dict[str, Any] | None = None) -> None:
-    from cpfd.io import atomic_write_text
-
     data = config.model_dump(mode="json")
     if extra:
         data = {**extra, **data}

@@ -141,3 +141,9 @@ def generate(folder: str | Path, n_labelled: int = 300, n_unlabelled: int = 300,
     }
     (folder / "dataset.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     return folder
+
+
+# Sized for a few hundred clips on 2 CPU cores: small frames, short titles, small batches so that each epoch has
+# several optimiser steps. The same settings for every arm.
+DEMO_SETTINGS = ["extract.sampling.num_frames=4", "extract.sampling.size=112", "extract.workers=1",
+                 "extract.max_tokens=16", "train.batch_size=64", "train.epochs=30", "train.patience=6"]

@@ -1,4 +1,5 @@
-"""Atomic file writes (temp file in the same folder + rename), so an interrupted run never leaves half a file."""
+"""Files: atomic writes (temp file in the same folder + rename, so an interrupted run never leaves half a file),
+safetensors weights, content hashes, and bounded YAML parsing."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import yaml
+
+from cpfd.errors import ConfigError
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
@@ -52,3 +57,35 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def save_weights(module, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """A module's state dict as safetensors, written atomically."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata or {}))
+
+
+def load_weights(module, path: str | Path) -> None:
+    from safetensors.torch import load_file
+
+    module.load_state_dict(load_file(str(path)))
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader without anchors/aliases: a few hundred bytes of nested aliases can expand to gigabytes."""
+
+    def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """Parse YAML text without aliases; a syntax error is a :class:`ConfigError` naming ``where``."""
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: not valid YAML: {err}") from None

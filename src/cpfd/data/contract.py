@@ -10,11 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from cpfd.errors import ConfigError, CpfdError
+from cpfd.io import load_yaml
+from cpfd.registry import TASK_TYPES
+
 SPLITS = ("train", "val", "test")
-TASK_TYPES = ("binary", "multiclass", "multilabel")
 MAX_LISTED_ROWS = 10
 
 
@@ -42,7 +44,7 @@ class Problem:
         return f"{', '.join(where)}: {self.message}{ids}"
 
 
-class DatasetError(ValueError):
+class DatasetError(CpfdError, ValueError):
     """Raised before any compute when a dataset breaks the contract; lists every problem found."""
 
     def __init__(self, problems: list[Problem]):
@@ -70,9 +72,14 @@ class InputsSpec(_Strict):
 
 class TaskSpec(_Strict):
     name: str
-    type: Literal["binary", "multiclass", "multilabel"]
+    type: str = Field(description="name in the task-type registry: binary, multiclass, multilabel, or a plugin's")
     column: str
     classes: list[str] | None = None
+
+    @field_validator("type")
+    @classmethod
+    def _registered_type(cls, name: str) -> str:
+        return TASK_TYPES.check(name)
 
 
 class DatasetSpec(_Strict):
@@ -99,9 +106,9 @@ def load_spec(folder: str | Path) -> tuple[DatasetSpec, Path]:
     if not path.exists():
         raise DatasetError([Problem(str(path), "dataset.yaml not found (a dataset is a folder with dataset.yaml)")])
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise DatasetError([Problem(str(path), f"not valid YAML: {err}")]) from None
+        raw = load_yaml(path.read_text(), str(path))
+    except ConfigError as err:
+        raise DatasetError([Problem(str(path), str(err).removeprefix(f"{path}: "))]) from None
     if not isinstance(raw, dict):
         raise DatasetError([Problem(str(path), "must be a mapping with keys format, name, table, id, inputs, tasks")])
     try:
@@ -110,7 +117,7 @@ def load_spec(folder: str | Path) -> tuple[DatasetSpec, Path]:
         problems = []
         for e in err.errors():
             key = ".".join(str(p) for p in e["loc"])
-            msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+            msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
             problems.append(Problem(str(path), f"key {key!r}: {msg}"))
         raise DatasetError(problems) from None
     names = [t.name for t in spec.tasks]

@@ -25,36 +25,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from cpfd.data.video import FrameClip, FrameSampling, MediaError, decode_video, read_frames_folder
-from cpfd.io import atomic_write
-
-MAX_TEXT_CHARS = 4000  # far beyond what the tokenizer keeps; bounds tokenizer work on pathological titles
-TEXT_SEPARATOR = " | "
-
-
-class ExtractConfig(BaseModel):
-    """How video and text become embeddings (the ``extract`` config section)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    frames_encoder: str = "efficientnet_lite0"
-    frames_encoder_args: dict = Field(default_factory=dict, description="e.g. {path: /models/vit} for hf_vision")
-    text_encoder: str = "minilm_l6"
-    text_encoder_args: dict = Field(default_factory=dict)
-    max_tokens: int = Field(32, ge=2, description="text tokens kept (longer texts are truncated)")
-    sampling: FrameSampling = Field(default_factory=FrameSampling)
-    batch_size: int = Field(32, ge=1, description="frames (or texts) per encoder call")
-    workers: int = Field(2, ge=0, description="decoding processes (0: decode in the main process)")
-    shard_size: int = Field(64, ge=1, description="rows per cache shard")
-    ocr: bool = Field(False, description="add on-screen text read by OCR from the middle frame (make install-ocr)")
-    ocr_size: int = Field(320, ge=64, description="frame size for OCR (text needs more pixels than the encoder)")
-    cache_dir: str | None = Field(None, description="default: <dataset>/.cpfd_cache")
-    end_to_end: bool = Field(False, description="keep decoded frames and token ids and fine-tune the encoders with "
-                             "the model (for a GPU); default: frozen encoders and cached embeddings")
-    device: str = "cpu"
+from cpfd.config import ExtractConfig, FrameSampling
+from cpfd.data.preprocess import Preprocessor, decode_media, ocr_sampling
+from cpfd.data.video import FrameClip
+from cpfd.io import atomic_write, atomic_write_json
 
 
 @dataclass
@@ -128,21 +104,6 @@ class ShardStore:
         return path
 
 
-def _decode(task: tuple[str, str, dict]) -> tuple[FrameClip | None, str | None]:
-    kind, path, sampling = task
-    try:
-        s = FrameSampling(**sampling)
-        clip = decode_video(path, s) if kind == "video" else read_frames_folder(path, s)
-        return clip, None
-    except MediaError as err:
-        return None, str(err)
-
-
-def _frames_tensor(clips: list[np.ndarray]) -> torch.Tensor:
-    x = torch.from_numpy(np.concatenate(clips)).permute(0, 3, 1, 2).float() / 255.0
-    return x
-
-
 def decode_chunks(rows: list[MediaRow], cfg: ExtractConfig, report: ExtractReport, desc: str = "decode",
                   progress: bool = True):
     """Yield (row, clip) chunks of ``shard_size`` rows, decoded in worker processes; bad rows go to ``report``."""
@@ -154,7 +115,7 @@ def decode_chunks(rows: list[MediaRow], cfg: ExtractConfig, report: ExtractRepor
 
     def submit(chunk: list[MediaRow]):
         tasks = [(r.kind, str(r.path), sampling) for r in chunk]
-        return [pool.submit(_decode, t) for t in tasks] if pool else None
+        return [pool.submit(decode_media, t) for t in tasks] if pool else None
 
     try:
         pending = submit(chunks[0]) if chunks else None
@@ -164,7 +125,7 @@ def decode_chunks(rows: list[MediaRow], cfg: ExtractConfig, report: ExtractRepor
             if pool:
                 results = [f.result() for f in pending]
             else:
-                results = [_decode((r.kind, str(r.path), sampling)) for r in chunk]
+                results = [decode_media((r.kind, str(r.path), sampling)) for r in chunk]
             good: list[tuple[MediaRow, FrameClip]] = []
             for row, (clip, error) in zip(chunk, results):
                 if error:
@@ -188,29 +149,24 @@ def _log_repeated(report: ExtractReport, k: int, log: Callable[[str], None]) -> 
             f"({', '.join(report.repeated[:10])}{' ...' if len(report.repeated) > 10 else ''})")
 
 
-@torch.no_grad()
-def extract_frames(rows: list[MediaRow], encoder, cfg: ExtractConfig, cache: Path,
-                   log: Callable[[str], None] = print, progress: bool = True) -> tuple[dict[int, np.ndarray], ExtractReport]:
-    """Embeddings (K, dim) per row index; rows that cannot be decoded are returned in ``report.bad``."""
+def extract_frames(rows: list[MediaRow], pre: Preprocessor, cache: Path, log: Callable[[str], None] = print,
+                   progress: bool = True) -> tuple[dict[int, np.ndarray], ExtractReport]:
+    """Embeddings (K, dim) per row index through the cache; rows that cannot be decoded are in ``report.bad``."""
+    cfg = pre.cfg
     report = ExtractReport()
     tic = time.perf_counter()
-    store = ShardStore(cache / f"frames-{encoder.fingerprint()}")
-    keys = {r.index: frames_key(r, encoder.fingerprint(), cfg.sampling) for r in rows}
+    fingerprint = pre.frame_encoder.fingerprint()
+    store = ShardStore(cache / f"frames-{fingerprint}")
+    keys = {r.index: frames_key(r, fingerprint, cfg.sampling) for r in rows}
     todo = [r for r in rows if keys[r.index] not in store.index]
     report.reused = len(rows) - len(todo)
     if report.reused:
         log(f"extract: reusing {report.reused} cached clips from {store.folder}")
-    encoder = encoder.to(cfg.device).eval()
     k = cfg.sampling.num_frames
-    clips_per_batch = max(1, cfg.batch_size // k)
     for good in decode_chunks(todo, cfg, report, "extract frames", progress):
-        vectors = []
-        for b in range(0, len(good), clips_per_batch):
-            x = _frames_tensor([c.frames for _, c in good[b:b + clips_per_batch]]).to(cfg.device)
-            vectors.append(encoder(x).float().cpu().numpy())
         if good:
-            flat = np.concatenate(vectors).reshape(len(good), k, -1)
-            store.write({keys[row.index]: {"frames": flat[i]} for i, (row, _) in enumerate(good)})
+            vectors = pre.encode_frames([clip.frames for _, clip in good])
+            store.write({keys[row.index]: {"frames": vectors[i]} for i, (row, _) in enumerate(good)})
         report.encoded += len(good)
     report.seconds = time.perf_counter() - tic
     if todo:
@@ -232,29 +188,48 @@ def decode_frames(rows: list[MediaRow], cfg: ExtractConfig, log: Callable[[str],
     return out, report
 
 
-@torch.no_grad()
-def extract_text(texts: list[str], encoder, cfg: ExtractConfig, cache: Path,
-                 progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def extract_text(texts: list[str], pre: Preprocessor, cache: Path, progress: bool = True
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Token vectors (n, L, dim) and mask (n, L) for each text, through the cache."""
-    store = ShardStore(cache / f"text-{encoder.fingerprint()}")
-    keys = [text_key(t, encoder.fingerprint()) for t in texts]
+    cfg = pre.cfg
+    fingerprint = pre.text_encoder.fingerprint()
+    store = ShardStore(cache / f"text-{fingerprint}")
+    keys = [text_key(t, fingerprint) for t in texts]
     todo = sorted({k: t for k, t in zip(keys, texts) if k not in store.index}.items())
-    encoder = encoder.to(cfg.device).eval()
     bar = tqdm(total=len(todo), desc="extract text", unit="text", disable=not progress or not todo, leave=False)
     for start in range(0, len(todo), cfg.shard_size):
         chunk = todo[start:start + cfg.shard_size]
         items = {}
         for b in range(0, len(chunk), cfg.batch_size):
             part = chunk[b:b + cfg.batch_size]
-            tokens, mask, _ = encoder([t for _, t in part])
+            tokens, mask = pre.encode_text([t for _, t in part])
             for i, (key, _) in enumerate(part):
-                items[key] = {"tokens": tokens[i].float().cpu().numpy(), "mask": mask[i].float().cpu().numpy()}
+                items[key] = {"tokens": tokens[i], "mask": mask[i].astype(np.float32)}
         store.write(items)
         bar.update(len(chunk))
     bar.close()
     tokens = np.stack([store.index[k]["tokens"] for k in keys])
     mask = np.stack([store.index[k]["mask"] for k in keys]).astype(bool)
     return tokens, mask
+
+
+def extract_ocr(rows: list[MediaRow], pre: Preprocessor, cache: Path, log: Callable[[str], None] = print
+                ) -> dict[int, str]:
+    """On-screen text of each row's middle frame (:meth:`Preprocessor.read_ocr`), cached per clip in ``ocr.json``."""
+    sampling = ocr_sampling(pre.cfg)
+    path = cache / "ocr.json"
+    known: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    keys = {r.index: frames_key(r, "rapidocr", sampling) for r in rows}
+    todo = [r for r in rows if keys[r.index] not in known]
+    if todo:
+        report = ExtractReport()
+        one_frame = pre.cfg.model_copy(update={"sampling": sampling})
+        for good in decode_chunks(todo, one_frame, report, "OCR"):
+            for row, clip in good:
+                known[keys[row.index]] = pre.read_ocr(clip.frames[0])
+            atomic_write_json(path, known)
+        log(f"extract: OCR read {len(todo) - len(report.bad)} clips")
+    return {r.index: known.get(keys[r.index], "") for r in rows}
 
 
 def default_cache(root: Path, cfg: ExtractConfig) -> Path:

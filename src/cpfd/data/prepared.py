@@ -2,13 +2,13 @@
 
 Everything here runs before any compute; every failure is collected and raised as one :class:`DatasetError`
 that names file, row(s) and column. What the student may see (``student_inputs``) and what only the teacher may
-see (``privileged``) are kept in separate fields from here on.
+see (``privileged``) are kept in separate fields from here on. Raw inputs become student inputs through
+:mod:`cpfd.data.preprocess`, the path serving uses too.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,23 +16,27 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cpfd.data.embeddings import (
-    MAX_TEXT_CHARS,
+from cpfd.config import ExtractConfig
+from cpfd.data.contract import SPLITS, DatasetError, DatasetSpec, Problem, load_spec
+from cpfd.data.embeddings import MediaRow, decode_frames, default_cache, extract_frames, extract_ocr, extract_text
+from cpfd.data.preprocess import (
+    Issue,
+    Preprocessor,
+    SkippedRow,
+    apply_media_policy,
+    feature_block,
+    make_text_encoder,
+    media_problem,
+    numeric_block,
+    text_value,
+    with_ocr,
     TEXT_SEPARATOR,
-    ExtractConfig,
-    MediaRow,
-    decode_frames,
-    default_cache,
-    extract_frames,
-    extract_text,
 )
-from cpfd.data.media import find_bad_media
-from cpfd.data.contract import SPLITS, DatasetError, DatasetSpec, Problem, TaskSpec, load_spec
 from cpfd.data.table import SOURCE_FILE, SOURCE_ROW, expand_columns, read_table, seeded_split
 from cpfd.io import file_sha256
+from cpfd.task_types import TaskType, class_name, is_missing, task_type
 
-TRUE_VALUES = {"1", "true", "yes"}
-FALSE_VALUES = {"0", "false", "no"}
+__all__ = ["PreparedData", "TaskInfo", "SkippedRow", "load_dataset"]
 
 
 @dataclass
@@ -43,17 +47,12 @@ class TaskInfo:
     classes: list[str]
 
     @property
+    def kind(self) -> TaskType:
+        return task_type(self.type)
+
+    @property
     def n_outputs(self) -> int:
-        return 1 if self.type == "binary" else len(self.classes)
-
-
-@dataclass
-class SkippedRow:
-    file: str
-    row: int
-    id: str
-    column: str
-    reason: str
+        return self.kind.n_outputs(self.classes)
 
 
 @dataclass
@@ -109,14 +108,6 @@ class PreparedData:
         return next(t for t in self.tasks if t.name == name)
 
 
-def _is_missing(value) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, float) and math.isnan(value):
-        return True
-    return isinstance(value, str) and value.strip() == ""
-
-
 class _Collector:
     def __init__(self, df: pd.DataFrame, id_column: str | None):
         self.df = df
@@ -133,109 +124,17 @@ class _Collector:
             ids = [str(v) for v in part[self.id_column]] if self.id_column in part else []
             self.problems.append(Problem(str(file), message, column, part[SOURCE_ROW].astype(int).tolist(), ids))
 
+    def issues(self, issues: list[Issue]) -> None:
+        for issue in issues:
+            self.rows(issue.mask, issue.column, issue.message)
+
     def file(self, file: str, message: str, column: str | None = None) -> None:
         self.problems.append(Problem(file, message, column))
 
-
-def _numeric_block(df: pd.DataFrame, columns: list[str], out: _Collector, allow_nan: bool, what: str) -> np.ndarray:
-    block = np.zeros((len(df), len(columns)), dtype=np.float32)
-    for j, col in enumerate(columns):
-        raw = df[col]
-        values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
-        bad_type = np.isnan(values) & ~raw.isna().to_numpy()
-        out.rows(bad_type, col, f"non-numeric value in {what}")
-        if not allow_nan:
-            out.rows(raw.isna().to_numpy(), col, f"NaN/missing value in {what} (student inputs must be complete)")
-        out.rows(np.isinf(values), col, f"infinite value in {what}")
-        block[:, j] = values
-    return block
-
-
-def _list_block(df: pd.DataFrame, column: str, out: _Collector) -> np.ndarray | None:
-    vectors = df[column].tolist()
-    lengths = np.array([len(v) if isinstance(v, (list, tuple, np.ndarray)) else -1 for v in vectors])
-    out.rows(lengths < 0, column, "not a list of numbers")
-    valid = lengths[lengths >= 0]
-    if not len(valid):
-        return None
-    expected = int(np.bincount(valid).argmax())
-    out.rows((lengths >= 0) & (lengths != expected), column, f"inconsistent vector length (most rows have {expected})")
-    block = np.zeros((len(df), expected), dtype=np.float32)
-    bad = np.zeros(len(df), dtype=bool)
-    for i, v in enumerate(vectors):
-        if lengths[i] == expected:
-            try:
-                arr = np.asarray(v, dtype=np.float64)
-            except (TypeError, ValueError):
-                bad[i] = True
-                continue
-            if not np.all(np.isfinite(arr)):
-                bad[i] = True
-            block[i] = arr
-    out.rows(bad, column, "NaN, inf or non-numeric entry in a student feature vector")
-    return block
-
-
-def _parse_labels(df: pd.DataFrame, task: TaskSpec, out: _Collector) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    raw = df[task.column].tolist()
-    missing = np.array([_is_missing(v) if not isinstance(v, (list, tuple, np.ndarray)) else False for v in raw])
-    if task.type == "multilabel":
-        # An empty string or list is a labelled row with no tag; only null / NaN means "no label".
-        missing = np.array([v is None or (isinstance(v, float) and math.isnan(v)) for v in raw])
-    n = len(raw)
-    if task.type == "binary":
-        y = np.zeros(n, dtype=np.float32)
-        bad = np.zeros(n, dtype=bool)
-        for i, v in enumerate(raw):
-            if missing[i]:
-                continue
-            key = str(v).strip().lower()
-            if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and float(v) in (0.0, 1.0):
-                y[i] = float(v)
-            elif key in TRUE_VALUES or key in FALSE_VALUES:
-                y[i] = 1.0 if key in TRUE_VALUES else 0.0
-            else:
-                bad[i] = True
-        out.rows(bad, task.column, f"task {task.name!r}: binary label must be 0/1 or true/false")
-        return y, ~missing & ~bad, ["0", "1"]
-
-    if task.type == "multiclass":
-        values = [None if missing[i] else _class_name(v) for i, v in enumerate(raw)]
-        classes = list(task.classes) if task.classes else sorted({v for v in values if v is not None}, key=_natural)
-        index = {c: k for k, c in enumerate(classes)}
-        bad = np.array([v is not None and v not in index for v in values])
-        out.rows(bad, task.column, f"task {task.name!r}: label outside the declared classes {classes}")
-        y = np.array([index.get(v, -1) if v is not None else -1 for v in values], dtype=np.int64)
-        return y, (y >= 0), classes
-
-    sets: list[list[str] | None] = []
-    for i, v in enumerate(raw):
-        if missing[i]:
-            sets.append(None)
-        elif isinstance(v, (list, tuple, np.ndarray)):
-            sets.append([_class_name(x) for x in v])
-        else:
-            sets.append([s.strip() for s in str(v).split("|") if s.strip()])
-    classes = list(task.classes) if task.classes else sorted({c for s in sets if s for c in s}, key=_natural)
-    index = {c: k for k, c in enumerate(classes)}
-    bad = np.array([s is not None and any(c not in index for c in s) for s in sets])
-    out.rows(bad, task.column, f"task {task.name!r}: label outside the declared classes {classes}")
-    y = np.zeros((n, len(classes)), dtype=np.float32)
-    for i, s in enumerate(sets):
-        for c in s or []:
-            if c in index:
-                y[i, index[c]] = 1.0
-    return y, ~missing & ~bad, classes
-
-
-def _class_name(v) -> str:
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    return str(v).strip()
-
-
-def _natural(s: str):
-    return (0, int(s), s) if s.lstrip("-").isdigit() else (1, 0, s)
+    def locate(self, index: int) -> tuple[str, int, str]:
+        """(file, 1-based row, id) of table row ``index``."""
+        row_id = str(self.df[self.id_column].iat[index]) if self.id_column in self.df else ""
+        return str(self.df[SOURCE_FILE].iat[index]), int(self.df[SOURCE_ROW].iat[index]), row_id
 
 
 def _fingerprint(spec_path: Path, df: pd.DataFrame, split: np.ndarray) -> str:
@@ -247,24 +146,13 @@ def _fingerprint(spec_path: Path, df: pd.DataFrame, split: np.ndarray) -> str:
 
 
 def _text_values(df: pd.DataFrame, columns: list[str], out: _Collector) -> list[str]:
-    """Join the text columns per row; a missing or empty value is an empty string, non-UTF-8 bytes an error."""
-    parts: list[list[str]] = [[] for _ in range(len(df))]
+    """Join the text columns per row (:func:`cpfd.data.preprocess.text_value`); non-UTF-8 bytes are an error."""
+    fields = []
     for col in columns:
-        bad = np.zeros(len(df), dtype=bool)
-        for i, v in enumerate(df[col].tolist()):
-            if isinstance(v, (bytes, bytearray)):
-                try:
-                    v = bytes(v).decode("utf-8")
-                except UnicodeDecodeError:
-                    bad[i] = True
-                    continue
-            if _is_missing(v):
-                continue
-            text = str(v).strip()
-            if text:
-                parts[i].append(text[:MAX_TEXT_CHARS])
-        out.rows(bad, col, "text is not valid UTF-8")
-    return [TEXT_SEPARATOR.join(p) for p in parts]
+        values = [text_value(v) for v in df[col].tolist()]
+        out.rows(np.array([v is None for v in values], dtype=bool), col, "text is not valid UTF-8")
+        fields.append(["" if v is None else v for v in values])
+    return [TEXT_SEPARATOR.join(p for p in parts if p) for parts in zip(*fields)]
 
 
 def load_dataset(folder: str | Path, seed: int = 0, on_bad_video: str = "fail", extract: ExtractConfig | None = None,
@@ -320,52 +208,47 @@ def load_dataset(folder: str | Path, seed: int = 0, on_bad_video: str = "fail", 
     for column, kind in ((spec.inputs.video, "video"), (spec.inputs.frames, "frames")):
         if column is None:
             continue
-        bad = find_bad_media(df, root, column, kind)
-        if bad.empty:
-            continue
-        if on_bad_video == "fail":
-            for reason, part in bad.groupby("reason", sort=False):
-                out.rows(np.isin(np.arange(len(df)), part["index"]), column, reason)
-            raise DatasetError(out.problems)
-        id_of = df[spec.id].astype(str).tolist()
-        skipped += [SkippedRow(r.file, r.row, id_of[r.index], r.column, r.reason) for r in bad.itertuples()]
-        df = df.drop(index=df.index[bad["index"].to_numpy()]).reset_index(drop=True)
-        out.df = df
+        bad = {i: reason for i, value in enumerate(df[column].tolist())
+               if (reason := media_problem(root, value, kind)) is not None}
+        skipped += apply_media_policy(bad, on_bad_video, column, out.locate, log=lambda m: None)
+        if bad:
+            df = df.drop(index=df.index[sorted(bad)]).reset_index(drop=True)
+            out.df = df
 
     ids_raw = df[spec.id]
-    empty_id = ids_raw.map(_is_missing).to_numpy(dtype=bool)
+    empty_id = ids_raw.map(is_missing).to_numpy(dtype=bool)
     out.rows(empty_id, spec.id, "empty id")
-    ids = ids_raw.map(lambda v: "" if _is_missing(v) else _class_name(v)).to_numpy(dtype=object)
+    ids = ids_raw.map(lambda v: "" if is_missing(v) else class_name(v)).to_numpy(dtype=object)
     dup = pd.Series(ids).duplicated(keep=False).to_numpy() & ~empty_id
     out.rows(dup, spec.id, "duplicate id")
 
     student_inputs: dict[str, torch.Tensor] = {}
-    feature_names = feature_cols
+    feature_names: list[str] = []
     if feature_cols:
-        if len(feature_cols) == 1 and df[feature_cols[0]].map(lambda v: isinstance(v, (list, tuple, np.ndarray))).any():
-            block = _list_block(df, feature_cols[0], out)
-            feature_names = [f"{feature_cols[0]}[{k}]" for k in range(0 if block is None else block.shape[1])]
-        else:
-            block = _numeric_block(df, feature_cols, out, allow_nan=False, what="a student feature")
+        block, feature_names, issues = feature_block(df, feature_cols)
+        out.issues(issues)
         if block is not None:
             student_inputs["features"] = torch.from_numpy(block)
-    privileged = _numeric_block(df, privileged_cols, out, allow_nan=True, what="a privileged feature")
+    privileged, issues = numeric_block(df, privileged_cols, allow_nan=True, what="a privileged feature")
+    out.issues(issues)
     texts = _text_values(df, spec.inputs.text, out) if spec.inputs.text else None
 
     tasks: list[TaskInfo] = []
     labels: dict[str, torch.Tensor] = {}
     label_mask: dict[str, torch.Tensor] = {}
-    for task in spec.tasks:
-        y, mask, classes = _parse_labels(df, task, out)
-        tasks.append(TaskInfo(task.name, task.type, task.column, classes))
-        labels[task.name] = torch.from_numpy(y)
-        label_mask[task.name] = torch.from_numpy(mask)
+    for spec_task in spec.tasks:
+        kind = task_type(spec_task.type)
+        y, mask, classes, bad = kind.parse_labels(df[spec_task.column].tolist(), spec_task.classes)
+        out.rows(bad, spec_task.column, f"task {spec_task.name!r}: {kind.invalid_label_message(classes)}")
+        tasks.append(TaskInfo(spec_task.name, spec_task.type, spec_task.column, classes))
+        labels[spec_task.name] = torch.from_numpy(y)
+        label_mask[spec_task.name] = torch.from_numpy(mask)
     labelled = np.zeros(len(df), dtype=bool)
     for m in label_mask.values():
         labelled |= m.numpy()
 
     if spec.split:
-        split_raw = df[spec.split].map(lambda v: "" if _is_missing(v) else str(v).strip().lower()).to_numpy(dtype=object)
+        split_raw = df[spec.split].map(lambda v: "" if is_missing(v) else str(v).strip().lower()).to_numpy(dtype=object)
         out.rows(~np.isin(split_raw, SPLITS), spec.split, "split value must be train, val or test")
         split = split_raw
     else:
@@ -380,17 +263,13 @@ def load_dataset(folder: str | Path, seed: int = 0, on_bad_video: str = "fail", 
             out.file(yaml_file, f"split {name!r} has no labelled rows", spec.split)
     for task in tasks:
         train_y = labels[task.name][torch.from_numpy((split == "train") & label_mask[task.name].numpy())]
-        if task.type == "multilabel":
-            varying = (train_y.min(0).values != train_y.max(0).values) if len(train_y) else torch.zeros(1, dtype=bool)
-            if not bool(varying.any()):
-                out.file(yaml_file, f"task {task.name!r}: no label varies in train (single class)", task.column)
-        elif train_y.unique().numel() < 2:
-            out.file(yaml_file, f"task {task.name!r} has a single class in train", task.column)
+        if not task.kind.varies(train_y):
+            out.file(yaml_file, f"task {task.name!r}{task.kind.single_class_message}", task.column)
 
     if out.problems:
         raise DatasetError(out.problems)
 
-    groups = df[spec.group].map(lambda v: "(none)" if _is_missing(v) else str(v)).to_numpy(dtype=object) if spec.group else None
+    groups = df[spec.group].map(lambda v: "(none)" if is_missing(v) else str(v)).to_numpy(dtype=object) if spec.group else None
     data = PreparedData(
         name=spec.name,
         root=root,
@@ -416,38 +295,26 @@ def load_dataset(folder: str | Path, seed: int = 0, on_bad_video: str = "fail", 
 
 def _attach_embeddings(data: PreparedData, spec: DatasetSpec, texts: list[str] | None, cfg: ExtractConfig,
                        on_bad_video: str, log) -> PreparedData:
-    """Run the frozen encoders (through the cache); undecodable media follow the fail/skip policy."""
-    from cpfd.encoders import create_encoder
-
+    """Decode, read on-screen text and encode through the cache; undecodable media follow the bad-media policy."""
     df = data.source
     cache = default_cache(data.root, cfg)
+    pre = Preprocessor(cfg)
     column = spec.inputs.video or spec.inputs.frames
     if column:
         kind = "video" if spec.inputs.video else "frames"
         rows = [MediaRow(i, data.ids[i], data.root / str(v), kind) for i, v in enumerate(df[column].tolist())]
         if cfg.ocr:
-            from cpfd.encoders.ocr import ocr_texts
-
-            read = ocr_texts(rows, cfg, cache, log)
-            texts = [TEXT_SEPARATOR.join(p for p in ((texts[i] if texts else ""), read[i]) if p) for i in range(len(rows))]
+            read = extract_ocr(rows, pre, cache, log)
+            texts = [with_ocr(texts[i] if texts else "", read[i]) for i in range(len(rows))]
         if cfg.end_to_end:
             vectors, report = decode_frames(rows, cfg, log)
         else:
-            encoder = create_encoder(cfg.frames_encoder, **cfg.frames_encoder_args)
-            vectors, report = extract_frames(rows, encoder, cfg, cache, log)
+            vectors, report = extract_frames(rows, pre, cache, log)
+        locate = _Collector(df, spec.id).locate
+        data.skipped += apply_media_policy(report.bad, on_bad_video, column, locate, log)
         if report.bad:
-            bad = np.zeros(len(data), dtype=bool)
-            bad[list(report.bad)] = True
-            if on_bad_video == "fail":
-                out = _Collector(df, spec.id)
-                for i, reason in sorted(report.bad.items()):
-                    out.rows(np.arange(len(data)) == i, column, reason)
-                raise DatasetError(out.problems)
-            for i, reason in sorted(report.bad.items()):
-                data.skipped.append(SkippedRow(str(df[SOURCE_FILE].iat[i]), int(df[SOURCE_ROW].iat[i]), data.ids[i],
-                                               column, reason))
-                log(f"skipped {df[SOURCE_FILE].iat[i]} row {df[SOURCE_ROW].iat[i]} [{data.ids[i]}]: {reason}")
-            keep = ~bad
+            keep = np.ones(len(data), dtype=bool)
+            keep[list(report.bad)] = False
             data = data.subset(keep)
             texts = [t for t, k in zip(texts, keep) if k] if texts is not None else None
             vectors = {new: vectors[old] for new, old in enumerate(np.flatnonzero(keep))}
@@ -455,12 +322,11 @@ def _attach_embeddings(data: PreparedData, spec: DatasetSpec, texts: list[str] |
         data.student_inputs["pixels" if cfg.end_to_end else "frames"] = torch.from_numpy(frames)
         data.student_inputs["frames_mask"] = torch.ones(frames.shape[:2], dtype=torch.bool)
     if texts is not None:
-        encoder = create_encoder(cfg.text_encoder, max_tokens=cfg.max_tokens, **cfg.text_encoder_args)
         if cfg.end_to_end:
-            ids, mask = encoder.tokenize(texts)
+            ids, mask = make_text_encoder(cfg).tokenize(texts)
             data.student_inputs["text_ids"], data.student_inputs["text_mask"] = ids, mask
             return data
-        tokens, mask = extract_text(texts, encoder, cfg, cache)
+        tokens, mask = extract_text(texts, pre, cache)
         data.student_inputs["text"] = torch.from_numpy(tokens)
         data.student_inputs["text_mask"] = torch.from_numpy(mask)
     return data

@@ -9,24 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+
+from cpfd.config import FrameSampling
+from cpfd.errors import CpfdError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-class MediaError(ValueError):
+class MediaError(CpfdError, ValueError):
     """A video or frames folder that cannot be used; the message is the reason shown to the user."""
-
-
-class FrameSampling(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    num_frames: int = Field(4, ge=1, description="K frames per clip")
-    size: int = Field(160, ge=32, description="frames are resized to size×size RGB")
-    strategy: Literal["uniform", "head"] = Field("uniform", description="uniform over the clip, or the first K")
 
 
 @dataclass

@@ -1,7 +1,10 @@
 """Hard loss, Hinton KD, and the training objectives (baseline, PFD, CPFD) in a registry (``distill.method``).
 
-Shapes follow the task type: binary logits (B, 1), multiclass (B, C), multilabel (B, L). Element-wise losses come
-back as (B,) for binary/multiclass and (B, L) for multilabel, so per-label confidence weights line up.
+Shapes follow the task type (:mod:`cpfd.task_types`): binary logits (B, 1), multiclass (B, C), multilabel (B, L).
+Element-wise losses come back as (B,) for binary/multiclass and (B, L) for multilabel, so per-label confidence
+weights line up. An objective is called as ``objective(output, batch)`` and returns ``{"loss", <named parts>}``;
+the batch carries ``teacher_logits`` (and ``confidence`` when it was precomputed) for distilling objectives.
+Adding one is a registered ``nn.Module`` subclass taking ``(cfg, task_types, calibration)``.
 """
 
 from __future__ import annotations
@@ -11,45 +14,32 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cpfd.config import DistillConfig
-from cpfd.distill.confidence import CONFIDENCES
 from cpfd.distill.probs import task_probs
-from cpfd.registry import Registry
+from cpfd.registry import CONFIDENCES, LOSSES
+from cpfd.task_types import TaskType, task_type as as_task_type
 
-LOSSES: Registry = Registry("loss")
+__all__ = ["LOSSES", "hard_loss", "kd_loss", "feature_kd_loss", "SupervisedLoss", "PFDLoss", "CPFDLoss", "build_loss"]
 
 
-def hard_loss(logits: Tensor, labels: Tensor, task_type: str) -> Tensor:
+def hard_loss(logits: Tensor, labels: Tensor, task_type: str | TaskType) -> Tensor:
     r"""Supervised loss per element: BCE for binary and per label, softmax cross-entropy for multiclass.
 
     :math:`\mathrm{CE}(y, s) = -\log \mathrm{softmax}(s)_y` (multiclass),
     :math:`-[y\log\sigma(s) + (1-y)\log(1-\sigma(s))]` (binary, multilabel per label).
     Rows without a label must be masked by the caller (their label value is arbitrary).
     """
-    if task_type == "binary":
-        return F.binary_cross_entropy_with_logits(logits.reshape(-1), labels.float(), reduction="none")
-    if task_type == "multiclass":
-        return F.cross_entropy(logits, labels.clamp(min=0).long(), reduction="none")
-    return F.binary_cross_entropy_with_logits(logits, labels.float(), reduction="none")
+    return as_task_type(task_type).hard_loss(logits, labels)
 
 
-def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float, task_type: str) -> Tensor:
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float, task_type: str | TaskType) -> Tensor:
     r"""Hinton distillation: cross-entropy of the student's tempered distribution against the teacher's, times τ².
 
     :math:`\mathrm{KD} = -\tau^2 \sum_k p^t_k(\tau) \log p^s_k(\tau)` with :math:`p(\tau) = \mathrm{softmax}(z/\tau)`
-    (multiclass); Bernoulli per label with :math:`q = \sigma(z/\tau)` for binary and multilabel.
-    Reference: Hinton, Vinyals & Dean, *Distilling the Knowledge in a Neural Network*, 2015 (the τ² keeps the
-    gradient scale independent of τ).
+    (multiclass); Bernoulli per label with :math:`q = \sigma(z/\tau)` for binary and multilabel. No gradient
+    reaches the teacher. Reference: Hinton, Vinyals & Dean, *Distilling the Knowledge in a Neural Network*, 2015
+    (the τ² keeps the gradient scale independent of τ).
     """
-    tau = temperature
-    t = teacher_logits.detach()
-    if task_type == "multiclass":
-        p_t = torch.softmax(t / tau, dim=-1)
-        return -(p_t * torch.log_softmax(student_logits / tau, dim=-1)).sum(-1) * tau**2
-    s = student_logits / tau
-    q_t = torch.sigmoid(t / tau)
-    if task_type == "binary":
-        s, q_t = s.reshape(-1), q_t.reshape(-1)
-    return F.binary_cross_entropy_with_logits(s, q_t, reduction="none") * tau**2
+    return as_task_type(task_type).kd_loss(student_logits, teacher_logits, temperature)
 
 
 def feature_kd_loss(student_projected: Tensor, teacher_embedding: Tensor, kind: str) -> Tensor:
@@ -76,19 +66,23 @@ def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
 
 @LOSSES.register("none")
 class SupervisedLoss(nn.Module):
-    r"""Baseline student: :math:`L = \mathrm{CE}(y, s)` averaged over labelled rows of each task, summed over tasks."""
+    r"""Baseline student (and every teacher): :math:`L = \mathrm{CE}(y, s)` averaged over labelled rows of each
+    task, summed over tasks. Reference: the plain maximum-likelihood baseline of every distillation paper."""
 
-    def __init__(self, cfg: DistillConfig, task_types: dict[str, str], calibration: dict[str, float] | None = None):
+    distils = False
+
+    def __init__(self, cfg: DistillConfig, task_types: dict[str, str | TaskType],
+                 calibration: dict[str, float] | None = None):
         super().__init__()
         self.cfg = cfg
-        self.task_types = task_types
+        self.task_types = {name: as_task_type(kind) for name, kind in task_types.items()}
         self.calibration = calibration or {}
 
     def forward(self, output: dict, batch: dict) -> dict[str, Tensor]:
         total = 0.0
         parts: dict[str, Tensor] = {}
-        for task, ttype in self.task_types.items():
-            ce = hard_loss(output["logits"][task], batch["labels"][task], ttype)
+        for task, kind in self.task_types.items():
+            ce = kind.hard_loss(output["logits"][task], batch["labels"][task])
             parts[f"ce/{task}"] = _masked_mean(ce, batch["label_mask"][task])
             total = total + parts[f"ce/{task}"]
         return {"loss": total, **parts}
@@ -103,9 +97,28 @@ class PFDLoss(SupervisedLoss):
     Reference: Xu et al., *Privileged Features Distillation at Taobao Recommendations*, KDD 2020.
     """
 
+    distils = True
+
+    def row_confidence(self, task: str, teacher_logits: Tensor, labels: Tensor, label_mask: Tensor) -> Tensor | None:
+        """Per-row (per-label) confidence c_i, a constant of the teacher and the labels; None: uniform weights."""
+        return None
+
+    def confidences(self, task: str, teacher_logits: Tensor, batch: dict) -> Tensor | None:
+        """c_i for the rows of ``batch``: precomputed (``batch["confidence"]``) or computed from the teacher."""
+        if "confidence" in batch:
+            return batch["confidence"][task]
+        return self.row_confidence(task, teacher_logits, batch["labels"][task], batch["label_mask"][task])
+
+    def weights_from_confidence(self, c: Tensor) -> Tensor:
+        return c
+
     def sample_weights(self, task: str, teacher_logits: Tensor, batch: dict) -> Tensor:
-        shape = teacher_logits.shape if self.task_types[task] == "multilabel" else teacher_logits.shape[:1]
-        return torch.ones(shape, device=teacher_logits.device)
+        """The distillation weight w_i of each row of ``batch`` (per label for multilabel)."""
+        c = self.confidences(task, teacher_logits, batch)
+        if c is None:
+            shape = teacher_logits.shape if self.task_types[task].per_label else teacher_logits.shape[:1]
+            return torch.ones(shape, device=teacher_logits.device)
+        return self.weights_from_confidence(c)
 
     def combine(self, ce: Tensor, kd: Tensor, w: Tensor, mask: Tensor) -> Tensor:
         lam = self.cfg.lam
@@ -115,12 +128,12 @@ class PFDLoss(SupervisedLoss):
         total = 0.0
         parts: dict[str, Tensor] = {}
         weights = []
-        for task, ttype in self.task_types.items():
+        for task, kind in self.task_types.items():
             s = output["logits"][task]
             t = batch["teacher_logits"][task]
             mask = batch["label_mask"][task]
-            ce = hard_loss(s, batch["labels"][task], ttype)
-            kd = kd_loss(s, t, self.cfg.temperature, ttype)
+            ce = kind.hard_loss(s, batch["labels"][task])
+            kd = kind.kd_loss(s, t, self.cfg.temperature)
             w = self.sample_weights(task, t, batch).detach()
             task_loss = self.combine(ce, kd, w, mask)
             weights.append(w.reshape(w.shape[0], -1).mean(-1))
@@ -149,19 +162,17 @@ class CPFDLoss(PFDLoss):
     Classification*, CIKM 2024.
     """
 
-    def __init__(self, cfg: DistillConfig, task_types: dict[str, str], calibration: dict[str, float] | None = None):
+    def __init__(self, cfg: DistillConfig, task_types: dict[str, str | TaskType],
+                 calibration: dict[str, float] | None = None):
         super().__init__(cfg, task_types, calibration)
         self.confidence = CONFIDENCES.get(cfg.confidence)
 
-    def confidences(self, task: str, teacher_logits: Tensor, batch: dict) -> Tensor:
-        if "confidence" in batch:  # precomputed for every row (see cpfd.train.schedule.distill)
-            return batch["confidence"][task]
-        ttype = self.task_types[task]
-        probs = task_probs(teacher_logits.detach(), ttype, self.calibration.get(task, 1.0))
-        return self.confidence(probs, batch["labels"][task], batch["label_mask"][task], ttype)
+    def row_confidence(self, task, teacher_logits, labels, label_mask):
+        kind = self.task_types[task]
+        probs = task_probs(teacher_logits.detach(), kind, self.calibration.get(task, 1.0))
+        return self.confidence(probs, labels, label_mask, kind)
 
-    def sample_weights(self, task: str, teacher_logits: Tensor, batch: dict) -> Tensor:
-        c = self.confidences(task, teacher_logits, batch)
+    def weights_from_confidence(self, c: Tensor) -> Tensor:
         if self.cfg.weighting == "gate":
             c = (c >= self.cfg.gate_threshold).float()
         w = c.clamp(min=self.cfg.floor)
@@ -175,5 +186,6 @@ class CPFDLoss(PFDLoss):
         return _masked_mean((1 - w) * ce, mask) + (w * kd).mean()
 
 
-def build_loss(cfg: DistillConfig, task_types: dict[str, str], calibration: dict[str, float] | None = None) -> nn.Module:
+def build_loss(cfg: DistillConfig, task_types: dict[str, str | TaskType],
+               calibration: dict[str, float] | None = None) -> nn.Module:
     return LOSSES.get(cfg.method)(cfg, task_types, calibration)

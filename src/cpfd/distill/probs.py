@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
+from cpfd.task_types import TaskType, task_type as as_task_type
 
-def task_probs(logits: Tensor, task_type: str, temperature: float | Tensor = 1.0) -> Tensor:
+
+def task_probs(logits: Tensor, task_type: str | TaskType, temperature: float | Tensor = 1.0) -> Tensor:
     """binary -> (B,) probability of class 1; multiclass -> (B, C); multilabel -> (B, L)."""
-    z = logits / temperature
-    if task_type == "binary":
-        return torch.sigmoid(z.reshape(-1))
-    if task_type == "multiclass":
-        return torch.softmax(z, dim=-1)
-    return torch.sigmoid(z)
+    return as_task_type(task_type).probs(logits, temperature)

@@ -8,12 +8,11 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from cpfd.registry import Registry
+from cpfd.errors import CpfdError
+from cpfd.registry import ENCODERS
 
-ENCODERS: Registry = Registry("encoder")
 
-
-class EncoderError(ValueError):
+class EncoderError(CpfdError, ValueError):
     """An encoder that cannot be built here (missing local path, missing optional package)."""
 
 

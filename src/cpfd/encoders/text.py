@@ -4,7 +4,6 @@ truncated to ``max_tokens``."""
 
 from __future__ import annotations
 
-
 from torch import Tensor
 
 from cpfd.encoders.base import ENCODERS, EncoderError, TextEncoder, file_fingerprint, local_path, mean_pool

@@ -1,5 +1,6 @@
-"""Diagnostics of CPFD's per-sample weights: histogram, effective sample size, weight when the teacher is right
-vs wrong. If confidence weighting works, teacher-wrong rows should get clearly smaller weights."""
+"""Diagnostics of the per-sample distillation weights: histogram, effective sample size, weight when the teacher
+is right vs wrong. If confidence weighting works, teacher-wrong rows should get clearly smaller weights. The
+weights are the task's own (:meth:`cpfd.distill.task.DistillTask.row_weights`), not recomputed another way."""
 
 from __future__ import annotations
 
@@ -8,16 +9,10 @@ import torch
 
 from cpfd.data.prepared import PreparedData
 from cpfd.distill.probs import task_probs
-from cpfd.train.batches import TeacherTargets
+from cpfd.distill.targets import TeacherTargets
+from cpfd.distill.task import DistillTask
 
 BINS = 20
-
-
-def teacher_correct(probs: torch.Tensor, labels: torch.Tensor, task_type: str) -> torch.Tensor:
-    """Per row (binary, multiclass) or per label (multilabel): does the teacher's decision match the label?"""
-    if task_type == "multiclass":
-        return probs.argmax(-1) == labels.long()
-    return (probs >= 0.5).float() == labels.float()
 
 
 def effective_sample_size(w: np.ndarray) -> float:
@@ -27,23 +22,19 @@ def effective_sample_size(w: np.ndarray) -> float:
     return float(np.sum(w) ** 2 / denom) if denom > 0 else 0.0
 
 
-def weight_diagnostics(loss, data: PreparedData, targets: TeacherTargets, rows: np.ndarray) -> dict:
-    """Weights the loss would give ``rows`` (``loss.sample_weights``), summarised per task."""
+def weight_diagnostics(task: DistillTask, data: PreparedData, targets: TeacherTargets, rows: np.ndarray) -> dict:
+    """The weights ``task`` gives ``rows`` in training, summarised per task."""
     idx = torch.as_tensor(rows, dtype=torch.long)
-    batch = {"labels": {t: y[idx] for t, y in data.labels.items()},
-             "label_mask": {t: m[idx] for t, m in data.label_mask.items()}}
+    weights = task.row_weights(idx, data.labels, data.label_mask, targets.logits)
     report = {}
-    for task in data.tasks:
-        logits = targets.logits[task.name][idx]
-        w = loss.sample_weights(task.name, logits, batch).detach()
-        probs = task_probs(logits, task.type, targets.temperatures.get(task.name, 1.0))
-        correct = teacher_correct(probs, batch["labels"][task.name], task.type)
-        mask = batch["label_mask"][task.name]
-        if w.dim() == 2:
-            mask = mask.unsqueeze(-1).expand_as(w)
+    for info in data.tasks:
+        w = weights[info.name].detach().cpu()
+        probs = task_probs(targets.logits[info.name][idx], info.kind, targets.temperatures.get(info.name, 1.0))
+        correct = info.kind.correct(probs, data.labels[info.name][idx])
+        mask = info.kind.element_mask(data.label_mask[info.name][idx], w)
         counts, edges = np.histogram(w.numpy().reshape(-1), bins=BINS, range=(0.0, max(1.0, float(w.max()))))
         right, wrong = w[mask & correct], w[mask & ~correct]
-        report[task.name] = {
+        report[info.name] = {
             "mean_weight": float(w.mean()),
             "ess_fraction": effective_sample_size(w.numpy()),
             "mean_weight_teacher_correct": float(right.mean()) if len(right) else float("nan"),

@@ -6,8 +6,6 @@ import numpy as np
 import torch
 
 from cpfd.data.prepared import PreparedData
-from cpfd.distill.probs import task_probs
-from cpfd.evaluate.metrics import task_metrics, tune_thresholds
 
 
 def _rows(data: PreparedData, split: str, task: str, subset: np.ndarray | None = None) -> np.ndarray:
@@ -35,13 +33,14 @@ def evaluate_logits(
     probs_all: dict[str, np.ndarray] = {}
     thresholds: dict[str, list[float] | None] = {}
     for task in data.tasks:
-        probs = task_probs(logits[task.name].float(), task.type, temperatures.get(task.name, 1.0)).numpy()
+        kind = task.kind
+        probs = kind.probs(logits[task.name].float(), temperatures.get(task.name, 1.0)).numpy()
         probs_all[task.name] = probs
         labels = data.labels[task.name].numpy()
         tune = _rows(data, tune_split, task.name)
-        thresholds[task.name] = tune_thresholds(task.type, probs[tune], labels[tune])
+        thresholds[task.name] = kind.tune_thresholds(probs[tune], labels[tune])
         ev = _rows(data, eval_split, task.name)
-        result["tasks"][task.name] = task_metrics(task.type, probs[ev], labels[ev], thresholds[task.name])
+        result["tasks"][task.name] = kind.metrics(probs[ev], labels[ev], thresholds[task.name])
     result["mean_f1"] = float(np.nanmean([m["f1"] for m in result["tasks"].values()]))
     if by_group and data.groups is not None:
         result["groups"] = {}
@@ -51,7 +50,7 @@ def evaluate_logits(
             for task in data.tasks:
                 ev = _rows(data, eval_split, task.name, in_group)
                 labels = data.labels[task.name].numpy()
-                tasks[task.name] = task_metrics(task.type, probs_all[task.name][ev], labels[ev], thresholds[task.name])
+                tasks[task.name] = task.kind.metrics(probs_all[task.name][ev], labels[ev], thresholds[task.name])
             f1s = [m["f1"] for m in tasks.values() if m["n"]]
             result["groups"][group] = {"tasks": tasks, "mean_f1": float(np.mean(f1s)) if f1s else float("nan")}
         means = [g["mean_f1"] for g in result["groups"].values() if np.isfinite(g["mean_f1"])]

@@ -9,11 +9,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from cpfd.data.prepared import PreparedData  # noqa: E402
-from cpfd.distill.probs import task_probs  # noqa: E402
-from cpfd.train.batches import TeacherTargets  # noqa: E402
+from cpfd.distill.targets import TeacherTargets  # noqa: E402
 
 
 def f1_by_arm(results: dict, path: Path) -> Path:
@@ -71,27 +69,23 @@ def reliability_bins(conf: np.ndarray, correct: np.ndarray, n_bins: int = 10) ->
     return mean_conf, acc, counts
 
 
-def reliability_diagram(data: PreparedData, targets: TeacherTargets, path: Path, split: str = "test") -> Path:
+def reliability_diagram(data: PreparedData, targets: TeacherTargets, path: Path, split: str = "test",
+                        title_suffix: str = "") -> Path:
     """Teacher confidence vs accuracy on ``split``, before and after temperature scaling."""
-    from cpfd.evaluate.diagnostics import teacher_correct
-
     tasks = data.tasks
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         rows = np.flatnonzero((data.split == split) & data.label_mask[task.name].numpy())
         logits, labels = targets.logits[task.name][rows], data.labels[task.name][rows]
         for temp, style in ((1.0, "o--"), (targets.temperatures[task.name], "s-")):
-            probs = task_probs(logits, task.type, temp)
-            correct = teacher_correct(probs, labels, task.type).numpy().reshape(-1)
-            if task.type == "multiclass":
-                conf = probs.max(-1).values.numpy()
-            else:
-                conf = torch.maximum(probs, 1 - probs).numpy().reshape(-1)
+            probs = task.kind.probs(logits, temp)
+            correct = task.kind.correct(probs, labels).numpy().reshape(-1)
+            conf = task.kind.two_class(probs).max(-1).values.numpy().reshape(-1)
             mean_conf, acc, counts = reliability_bins(conf, correct)
             keep = counts > 0
             ax.plot(mean_conf[keep], acc[keep], style, ms=3, label=f"T={temp:.2f}")
         ax.plot([0, 1], [0, 1], color="grey", lw=0.5)
-        ax.set_title(f"teacher: {task.name} ({split})", fontsize=9)
+        ax.set_title(f"teacher: {task.name} ({split}{', ' + title_suffix if title_suffix else ''})", fontsize=9)
         ax.set_xlabel("confidence")
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("accuracy")

@@ -1,4 +1,8 @@
-"""The compare report: a rich table for the terminal and ``report.md`` with the plots beside it."""
+"""The compare report: a rich table for the terminal and ``report.md`` with the plots beside it.
+
+Every comparison is shown as a paired-seed difference with its standard error; the words "better", "worse" and
+"no difference" come from :func:`cpfd.compare.paired_difference` (≥ 2 s.e., ≥ 3 seeds), never from the means.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ from pathlib import Path
 from rich.table import Table
 
 from cpfd.io import atomic_write_text
+
+CORE_ARMS = ("baseline", "teacher")
 
 
 def _pm(stats: dict) -> str:
@@ -21,6 +27,14 @@ def _gap(value) -> str:
     return "undefined" if value is None else f"{100 * value:+.1f} %"
 
 
+def _diff(d: dict | None, short: bool = False) -> str:
+    if not d or d["mean"] != d["mean"]:
+        return ""
+    se = "n/a" if d["se"] != d["se"] else f"{d['se']:.3f}" if short else f"{d['se']:.4f}"
+    value = f"{d['mean']:+.3f}" if short else f"{d['mean']:+.4f}"
+    return f"{value} ±{se} ({d['verdict']})" if not short else f"{value} ±{se}"
+
+
 def rich_table(results: dict) -> Table:
     seeds = results.get("options", {}).get("seeds", "?")
     table = Table(title=f"cpfd compare — {results['dataset']} (test F1, mean ± std over {seeds} seeds)")
@@ -28,11 +42,46 @@ def rich_table(results: dict) -> Table:
     for task in results["tasks"]:
         table.add_column(task, justify="right")
     table.add_column("mean F1", justify="right")
+    table.add_column("vs PFD (paired ± s.e.)", justify="right")
     table.add_column("gap closed", justify="right")
     for arm, entry in results["arms"].items():
         table.add_row(arm, *[_pm_short(entry["f1"][t]) for t in results["tasks"]], _pm_short(entry["mean_f1"]),
-                      _gap(entry["gap_closed"]["mean_f1"]) if arm not in ("baseline", "teacher") else "")
+                      _diff(entry.get("vs_pfd"), short=True) if arm != "pfd" else "",
+                      _gap(entry["gap_closed"]["mean_f1"]) if arm not in CORE_ARMS else "")
     return table
+
+
+def _gap_note(results: dict) -> str:
+    gap = results["teacher_vs_baseline"]
+    if gap["verdict"] == "better":
+        return ""
+    if gap["verdict"] == "not enough seeds":
+        return (f"Gap closed is undefined: with {gap['n']} seed(s) the teacher–baseline gap cannot be told from "
+                "noise (run ≥ 3 seeds).")
+    return (f"Gap closed is undefined (teacher–baseline gap within noise: {gap['mean']:+.4f} ± {gap['se']:.4f} "
+            "paired s.e.).")
+
+
+def verdict_lines(results: dict) -> list[str]:
+    """The report's sentences: each backed by a paired difference and its standard error."""
+    lines = []
+    cpfd = results["arms"].get("cpfd", {}).get("vs_pfd")
+    if cpfd:
+        word = {"better": "CPFD beats PFD on this dataset", "worse": "CPFD is worse than PFD on this dataset",
+                "no difference": "no difference between CPFD and PFD on this dataset (within 2 paired s.e.)",
+                "not enough seeds": "not enough seeds to compare CPFD with PFD (needs ≥ 3)"}[cpfd["verdict"]]
+        lines.append(f"**CPFD vs PFD:** mean F1 difference {cpfd['mean']:+.4f} ± {cpfd['se']:.4f} (paired s.e., "
+                     f"{cpfd['n']} seeds) — {word}.")
+    below = [a for a, e in results["arms"].items() if a not in CORE_ARMS and e["vs_baseline"]["verdict"] == "worse"]
+    if below:
+        lines.append(f"**Below the baseline** (≥ 2 paired s.e.): {', '.join(below)}.")
+    worse_ece = [t for t, c in results["teacher_calibration"].items() if c["test_ece_after"] > c["test_ece_before"]]
+    if worse_ece:
+        lines.append(f"**Calibration worsened test ECE** for {', '.join(worse_ece)} (seed means).")
+    note = _gap_note(results)
+    if note:
+        lines.append(note)
+    return lines
 
 
 def markdown_report(results: dict, path: Path, plots: dict[str, Path]) -> Path:
@@ -41,38 +90,35 @@ def markdown_report(results: dict, path: Path, plots: dict[str, Path]) -> Path:
     lines = [f"# cpfd compare: {results['dataset']}", "",
              f"Test F1, mean ± std over {seeds} seeds, identical budgets per arm. Binary: F1 at the validation-tuned "
              "threshold; multiclass: macro-F1; multilabel: macro-F1 with per-label validation thresholds. "
-             "Gap closed = (F1_arm − F1_baseline) / (F1_teacher − F1_baseline) on the seed means.", "",
-             "| arm | " + " | ".join(tasks) + " | mean F1 | gap closed (mean F1) | gap closed (mean of tasks) |",
-             "|---" * (len(tasks) + 4) + "|"]
+             "Differences are paired over seeds (mean ± standard error); a verdict needs ≥ 2 s.e. and ≥ 3 seeds. "
+             "Gap closed = (F1_arm − F1_baseline) / (F1_teacher − F1_baseline) on the seed means, defined only "
+             "when the teacher beats the baseline by ≥ 2 paired s.e.", "",
+             "| arm | " + " | ".join(tasks) + " | mean F1 | vs baseline | vs PFD | gap closed (mean F1) |",
+             "|---" * (len(tasks) + 5) + "|"]
     for arm, e in results["arms"].items():
-        gaps = ("", "") if arm in ("baseline", "teacher") else (_gap(e["gap_closed"]["mean_f1"]),
-                                                                 _gap(e["gap_closed"]["mean_of_tasks"]))
         lines.append(f"| {arm} | " + " | ".join(_pm(e["f1"][t]) for t in tasks) + f" | {_pm(e['mean_f1'])} | "
-                     f"{gaps[0]} | {gaps[1]} |")
+                     f"{_diff(e['vs_baseline']) if arm != 'baseline' else ''} | "
+                     f"{_diff(e.get('vs_pfd')) if arm != 'pfd' else ''} | "
+                     f"{_gap(e['gap_closed']['mean_f1']) if arm not in CORE_ARMS else ''} |")
     lines += ["", "Arms:", ""] + [f"- **{a}**: {e['description']}" for a, e in results["arms"].items()]
-    verdict = results.get("cpfd_vs_pfd")
-    if verdict:
-        lines += ["", f"**CPFD vs PFD:** mean F1 difference {verdict['cpfd_minus_pfd']:+.4f} — "
-                  + ("CPFD beats PFD on this dataset." if verdict["cpfd_beats_pfd"]
-                     else "CPFD does **not** beat PFD on this dataset.")]
-    gap_notes = [t for t in tasks if results["arms"]["cpfd"]["gap_closed"].get(t) is None]
-    if gap_notes:
-        lines += ["", f"Gap closed is undefined for {', '.join(gap_notes)}: the teacher is not better than the baseline."]
+    lines += [""] + [line + "\n" for line in verdict_lines(results)]
     first = next(iter(results["arms"].values()))
     if "groups" in first:
         groups = list(first["groups"])
-        lines += ["", "## Per business scenario (group): mean F1 over tasks", "",
-                  "| arm | " + " | ".join(groups) + " | spread (max − min) |", "|---" * (len(groups) + 2) + "|"]
+        lines += ["## Per business scenario (group): mean F1 over tasks", "",
+                  "| arm | " + " | ".join(groups) + " | worst group | spread (max − min) |",
+                  "|---" * (len(groups) + 3) + "|"]
         for arm, e in results["arms"].items():
             lines.append(f"| {arm} | " + " | ".join(_pm(e["groups"][g]) for g in groups)
-                         + f" | {_pm(e['group_f1_spread'])} |")
-    lines += ["", "## Teacher calibration (temperature scaling on validation; ECE on test)", "",
+                         + f" | {_pm(e['worst_group_f1'])} | {_pm(e['group_f1_spread'])} |")
+        lines.append("")
+    lines += ["## Teacher calibration (temperature scaling on validation; ECE on test, seed means)", "",
               "| task | temperature | ECE before | ECE after |", "|---|---|---|---|"]
     for t, c in results["teacher_calibration"].items():
         lines.append(f"| {t} | {c['temperature']:.3f} | {c['test_ece_before']:.4f} | {c['test_ece_after']:.4f} |")
     weighted = {a: e["weights"] for a, e in results["arms"].items() if "weights" in e and a.startswith("cpfd")}
     if weighted:
-        lines += ["", "## Distillation weights on train rows (CPFD arms)", "",
+        lines += ["", "## Distillation weights on train rows (CPFD arms, seed means)", "",
                   "| arm | task | mean w | ESS / n | mean w, teacher right | mean w, teacher wrong |",
                   "|---|---|---|---|---|---|"]
         for arm, per_task in weighted.items():

@@ -8,29 +8,32 @@ check, ONNX vs torch on a sample batch, and fails when the largest difference ex
 
 from __future__ import annotations
 
-import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
-import yaml
 from torch import nn
 
 from cpfd.config import RunConfig
 from cpfd.data.prepared import PreparedData
-from cpfd.io import atomic_write_json, file_sha256
+from cpfd.data.preprocess import make_frame_encoder, make_text_encoder
+from cpfd.errors import CpfdError
+from cpfd.io import atomic_write_json, file_sha256, save_weights
 from cpfd.models.end_to_end import EndToEndStudent
 from cpfd.models.fusion import STUDENT_MODALITIES
 from cpfd.models.student import Student
-from cpfd.train.checkpoint import save_weights
+from cpfd.runs import RunFolder
 
 BUNDLE_FORMAT = 1
 MASKS = {"frames": "frames_mask", "text": "text_mask"}
 
 
-class ExportError(RuntimeError):
-    pass
+class ExportError(CpfdError, RuntimeError):
+    """Export refused or failed; nothing at the destination was changed."""
 
 
 class OnnxStudent(nn.Module):
@@ -81,20 +84,16 @@ class _TextEncoderIds(nn.Module):
 def _export_encoders(student: nn.Module, data: PreparedData, cfg: RunConfig, out_dir: Path, tolerance: float) -> dict:
     """ONNX copies of the frozen encoders where they export cleanly (parity within ``tolerance``); the others
     stay torch modules built from the registry at load time. Returns what happened to each, for bundle.json."""
-    import onnxruntime as ort
-
-    from cpfd.encoders import create_encoder
-
     report: dict[str, str] = {}
     x = cfg.extract
     jobs = []
     if "frames" in data.student_inputs:
-        frames = create_encoder(x.frames_encoder, **x.frames_encoder_args).eval()
+        frames = make_frame_encoder(x).eval()
         size = x.sampling.size
         sample = (torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(0)),)
         jobs.append(("frames", frames, sample, ["frames"], {"frames": {0: "n"}, "out": {0: "n"}}))
     if "text" in data.student_inputs:
-        text = create_encoder(x.text_encoder, max_tokens=x.max_tokens, **x.text_encoder_args).eval()
+        text = make_text_encoder(x).eval()
         ids, mask = text.tokenize(["a short title", "a somewhat longer title about a video"])
         jobs.append(("text", _TextEncoderIds(text), (ids, mask), ["ids", "mask"],
                      {"ids": {0: "n"}, "mask": {0: "n"}, "out": {0: "n"}}))
@@ -120,14 +119,29 @@ def _export_encoders(student: nn.Module, data: PreparedData, cfg: RunConfig, out
     return report
 
 
-def export_bundle(run_dir: str | Path, out_dir: str | Path, data: PreparedData, student: nn.Module,
-                  tolerance: float = 1e-4, sample_rows: int = 16) -> dict:
-    """Write the bundle for a trained student run; returns ``bundle.json``'s content."""
-    import onnxruntime as ort
+def _check_destination(out_dir: Path, run: RunFolder, force: bool) -> None:
+    """Export writes a new folder or replaces a previous bundle; it never deletes anything else."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ExportError(f"--out {out_dir} is a file, not a bundle folder")
+    if run.path.resolve() == out_dir.resolve() or run.path.resolve().is_relative_to(out_dir.resolve()):
+        raise ExportError(f"--out {out_dir} holds the run being exported; choose another folder")
+    if any(out_dir.iterdir()) and not (out_dir / "bundle.json").exists() and not force:
+        raise ExportError(f"--out {out_dir} is a non-empty folder that is not a bundle; choose an empty or new "
+                          "folder (or --force to replace it)")
 
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-    cfg = RunConfig.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+
+def export_bundle(run_dir: str | Path, out_dir: str | Path, data: PreparedData, student: nn.Module,
+                  tolerance: float = 1e-4, sample_rows: int = 16, force: bool = False) -> dict:
+    """Write the bundle for a trained student run; returns ``bundle.json``'s content.
+
+    The bundle is built in a temporary sibling folder and renamed into place only after the parity check, so a
+    failed check or a kill leaves the previous bundle (or nothing) at ``out_dir``.
+    """
+    run, out_dir = RunFolder(run_dir), Path(out_dir)
+    _check_destination(out_dir, run, force)
+    cfg, metrics, info = run.config, run.metrics(), run.info
     student = student.eval()
     core = student.student if isinstance(student, EndToEndStudent) else student
     names = student_input_names(data)
@@ -140,9 +154,32 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path, data: PreparedData, 
         reference = core(**sample)["logits"]
     sample_inputs = tuple(sample[n] for n in names)
 
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        meta = _write_bundle(staging, run, cfg, metrics, info, data, student, core, names, tasks, sample,
+                             sample_inputs, reference, tolerance)
+        _replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return meta
+
+
+def _replace(staging: Path, out_dir: Path) -> None:
+    """Move the finished bundle into place; an old one is renamed aside first and removed only afterwards."""
+    old = None
     if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        os.replace(out_dir, old)
+    os.replace(staging, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_bundle(out_dir: Path, run: RunFolder, cfg: RunConfig, metrics: dict, info: dict, data: PreparedData,
+                  student: nn.Module, core: nn.Module, names: list[str], tasks: list[str], sample: dict,
+                  sample_inputs: tuple, reference: dict, tolerance: float) -> dict:
     save_weights(student, out_dir / "student.safetensors")
     onnx_path = out_dir / "student.onnx"
     torch.onnx.export(
@@ -154,18 +191,16 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path, data: PreparedData, 
     got = session.run(None, {n: t.numpy() for n, t in zip(names, sample_inputs)})
     diff = max(float(np.abs(g - reference[t].numpy()).max()) for g, t in zip(got, tasks))
     if not diff <= tolerance:
-        shutil.rmtree(out_dir)
         raise ExportError(f"ONNX parity check failed: max |onnx - torch| = {diff:.2e} > {tolerance:.0e}")
 
     encoders_onnx = _export_encoders(student, data, cfg, out_dir, tolerance) if not isinstance(student, EndToEndStudent) \
         else {"frames": "not exported: end-to-end encoders run in torch"}
     thresholds = {t: metrics["test"]["tasks"][t].get("threshold", metrics["test"]["tasks"][t].get("thresholds"))
                   for t in tasks}
-    info = json.loads((run_dir / "run.json").read_text())
     meta = {
         "format": BUNDLE_FORMAT,
         "version": file_sha256(out_dir / "student.safetensors")[:16],
-        "source_run": str(run_dir),
+        "source_run": str(run.path),
         "tasks": [{"name": t.name, "type": t.type, "classes": t.classes, "threshold": thresholds[t.name]}
                   for t in data.tasks],
         "inputs": {n: list(sample[n].shape[1:]) for n in names},

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from cpfd.config import ModelConfig, TeacherConfig
+from cpfd.errors import UsageError
 from cpfd.models.fusion import FusionTrunk
 from cpfd.models.heads import TaskHeads
 
@@ -73,7 +74,7 @@ class Teacher(nn.Module):
         width = self.trunk.out_dim
         if teacher_cfg.use_privileged:
             if n_privileged == 0:
-                raise ValueError("a privileged teacher needs privileged columns in the dataset")
+                raise UsageError("a privileged teacher needs privileged columns in the dataset (or teacher.use_privileged=false)")
             self.tower = DenseTower(n_privileged, teacher_cfg.dense_hidden, group_ids or list(range(n_privileged)),
                                     teacher_cfg.group_dropout, cfg.dropout)
             width += self.tower.out_dim

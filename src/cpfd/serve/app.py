@@ -1,8 +1,10 @@
 """``cpfd serve``: FastAPI app over an exported student bundle.
 
 - ``GET /healthz``; ``GET /v1/model`` (tasks, classes, thresholds, inputs, version);
-- ``POST /v1/predict``: JSON ``{"text": {field: str}, "features": [..], "frame_embeddings": [[..]]}`` or a
-  multipart upload of one ``video`` file plus text fields (and ``features`` as a JSON list);
+- ``POST /v1/predict``: JSON ``{"text": {field: str}, "features": [..], "frame_embeddings": [[..]],
+  "ocr_text": str}`` or a multipart upload of one ``video`` file plus text fields (and ``features`` as a JSON
+  list). Inputs go through the training preprocessing (:mod:`cpfd.data.preprocess`); a bundle trained with
+  on-screen text reads it from the upload (JSON requests send it as ``ocr_text``);
 - limits: upload size, text length, request timeout; video decoding runs in worker processes, so a bad clip
   cannot block the server; no request can name a server-side path; every bad request gets a 4xx with a JSON
   ``detail``. OpenAPI docs at ``/docs``.
@@ -21,8 +23,8 @@ import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cpfd.data.embeddings import _decode
-from cpfd.export.runtime import InputError, StudentBundle, join_text
+from cpfd.data.preprocess import decode_media, ocr_sampling
+from cpfd.export.runtime import InputError, StudentBundle
 
 
 class Limits(BaseModel):
@@ -39,6 +41,7 @@ class PredictJSON(BaseModel):
     text: dict[str, str | None] | str | None = None
     features: list[float] | None = None
     frame_embeddings: list[list[float]] | None = None
+    ocr_text: str | None = Field(None, description="on-screen text, for a bundle trained with OCR (uploads read it)")
 
 
 def create_app(bundle: StudentBundle, limits: Limits | None = None) -> FastAPI:
@@ -46,7 +49,7 @@ def create_app(bundle: StudentBundle, limits: Limits | None = None) -> FastAPI:
     app = FastAPI(title="cpfd student", version=bundle.meta["version"],
                   description="Scores short videos with a CPFD-distilled student (no privileged features).")
     pool = ProcessPoolExecutor(limits.decode_workers, mp_context=mp.get_context("spawn"))
-    text_fields = bundle.inputs_spec.get("text") or []
+    text_fields = bundle.text_fields
 
     @app.on_event("shutdown")
     def _close_pool() -> None:
@@ -73,26 +76,34 @@ def create_app(bundle: StudentBundle, limits: Limits | None = None) -> FastAPI:
                 raise HTTPException(413, f"request body over the limit of {limits.max_upload_bytes} bytes")
         return bytes(body)
 
-    def check_text(texts: dict[str, str | None]) -> str:
-        for name, value in texts.items():
+    def check_text(texts: dict[str, str | None], ocr_text: str | None) -> str:
+        for name, value in {**texts, "ocr_text": ocr_text}.items():
             if value is not None and len(value) > limits.max_text_chars:
                 raise HTTPException(413, f"text field {name!r} is longer than {limits.max_text_chars} characters")
         unknown = set(texts) - set(text_fields)
         if unknown and text_fields:
             raise HTTPException(422, f"unknown text field(s) {sorted(unknown)}; this model reads {text_fields}")
-        return join_text(texts, text_fields or list(texts))
+        try:
+            return bundle.text(texts, ocr_text)
+        except InputError as err:
+            raise HTTPException(422, str(err)) from None
 
-    async def decode_upload(data: bytes, filename: str) -> np.ndarray:
+    async def decode_upload(data: bytes, filename: str) -> tuple[np.ndarray, str | None]:
+        """Decoded frames (and the on-screen text, for an OCR bundle) of an uploaded clip, decoded in a worker."""
         suffix = Path(filename or "upload.mp4").suffix[:8] or ".mp4"
+        loop = asyncio.get_running_loop()
         with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:
             tmp.write(data)
             tmp.flush()
-            future = asyncio.get_running_loop().run_in_executor(
-                pool, _decode, ("video", tmp.name, bundle.sampling.model_dump()))
-            clip, error = await future
+            clip, error = await loop.run_in_executor(pool, decode_media, ("video", tmp.name, bundle.sampling.model_dump()))
+            ocr_clip = None
+            if not error and bundle.reads_ocr:
+                ocr_clip, error = await loop.run_in_executor(
+                    pool, decode_media, ("video", tmp.name, ocr_sampling(bundle.extract).model_dump()))
         if error:
             raise HTTPException(422, f"video cannot be used: {error.replace(tmp.name, filename or 'upload')}")
-        return clip.frames
+        ocr_text = await loop.run_in_executor(None, bundle.pre.read_ocr, ocr_clip.frames[0]) if ocr_clip else None
+        return clip.frames, ocr_text
 
     def score(features, clips, text, frame_embeddings) -> dict:
         try:
@@ -126,7 +137,7 @@ def create_app(bundle: StudentBundle, limits: Limits | None = None) -> FastAPI:
                     raise HTTPException(422, f"{where}: {first['msg']}") from None
                 texts = req.text if isinstance(req.text, dict) else ({text_fields[0] if text_fields else "text": req.text}
                                                                       if req.text is not None else None)
-                text = check_text(texts) if texts is not None else None
+                text = check_text(texts, req.ocr_text) if texts is not None or req.ocr_text is not None else None
                 features, frame_embeddings = req.features, req.frame_embeddings
             elif ctype.startswith("multipart/form-data"):
                 request._body = body  # parsed from the size-checked bytes
@@ -135,14 +146,15 @@ def create_app(bundle: StudentBundle, limits: Limits | None = None) -> FastAPI:
                 if upload is None or isinstance(upload, str):
                     raise HTTPException(422, "missing field: video (a file part)")
                 texts = {k: v for k, v in form.items() if k not in ("video", "features") and isinstance(v, str)}
-                text = check_text(texts) if (texts or text_fields) else None
                 features = None
                 if "features" in form:
                     try:
                         features = json.loads(form["features"])
                     except json.JSONDecodeError:
                         raise HTTPException(422, "features: must be a JSON list of numbers") from None
-                clips = [await decode_upload(await upload.read(), upload.filename)]
+                frames, ocr_text = await decode_upload(await upload.read(), upload.filename)
+                clips = [frames]
+                text = check_text(texts, ocr_text) if (texts or text_fields or bundle.reads_ocr) else None
                 frame_embeddings = None
             else:
                 raise HTTPException(415, f"content type {ctype or '(none)'!r}: use application/json or "

@@ -1,7 +1,7 @@
-"""Checkpoints as safetensors, written atomically.
+"""The resumable training state, written atomically beside the weights (``cpfd.io.save_weights``).
 
-``*.safetensors`` holds model weights; the resumable training state (optimizer tensors, RNG state) is a second
-safetensors file whose metadata carries the JSON-able rest (epoch, best score, optimizer param groups).
+It is a safetensors file of optimizer tensors and the RNG state whose metadata carries the JSON-able rest (epoch,
+best score, optimizer param groups).
 """
 
 from __future__ import annotations
@@ -11,22 +11,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, safe_open, save_file
-from torch import nn
 
-from cpfd.io import atomic_write, file_sha256
-
-
-def save_weights(module: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
-    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata or {}))
-
-
-def load_weights(module: nn.Module, path: str | Path) -> None:
-    module.load_state_dict(load_file(str(path)))
-
-
-def weights_hash(path: str | Path) -> str:
-    return file_sha256(path)
+from cpfd.io import atomic_write
 
 
 def save_training_state(path: str | Path, optimizer: torch.optim.Optimizer, info: dict) -> Path:

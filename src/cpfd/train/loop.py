@@ -15,9 +15,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,20 +27,13 @@ from tqdm.auto import tqdm
 
 from cpfd.config import TrainConfig
 from cpfd.data.prepared import PreparedData
+from cpfd.distill.task import DistillTask
 from cpfd.evaluate.evaluation import evaluate_logits
-from cpfd.io import atomic_write_json
-from cpfd.train.batches import RowDataset, TeacherTargets, passthrough
-from cpfd.train.checkpoint import load_training_state, load_weights, save_training_state, save_weights
+from cpfd.io import atomic_write_json, load_weights, save_weights
+from cpfd.runs import RunFolder
+from cpfd.train.batches import RowDataset, passthrough
+from cpfd.train.checkpoint import load_training_state, save_training_state
 
-Forward = Callable[[nn.Module, dict], dict]
-
-
-def student_forward(model: nn.Module, batch: dict) -> dict:
-    return model(**batch["student"])
-
-
-def teacher_forward(model: nn.Module, batch: dict) -> dict:
-    return model(**batch["student"], privileged=batch.get("privileged"))
 
 
 @dataclass
@@ -69,17 +60,12 @@ def make_fabric(cfg: TrainConfig) -> Fabric:
 
 
 @torch.no_grad()
-def predict(
-    model: nn.Module,
-    data: PreparedData,
-    indices: np.ndarray,
-    forward: Forward,
-    batch_size: int = 1024,
-    with_privileged: bool = False,
-) -> dict:
+def predict(model: nn.Module, data: PreparedData, indices: np.ndarray, with_privileged: bool = False,
+            batch_size: int = 1024) -> dict:
     """Logits and embedding for ``indices``, scattered into tensors that cover every row (zeros elsewhere).
 
-    Runs on the device the model's parameters are on; results come back on the CPU."""
+    ``with_privileged`` passes the privileged features (the model is a teacher). Runs on the device the model's
+    parameters are on; results come back on the CPU."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -88,9 +74,11 @@ def predict(
     embedding = None
     dataset = RowDataset(data, indices, with_privileged=with_privileged)
     for start in range(0, len(indices), batch_size):
-        batch = dataset.__getitems__(list(range(start, min(start + batch_size, len(indices)))))
-        batch = to_device(batch, device)
-        out = forward(model, batch)
+        batch = to_device(dataset.__getitems__(list(range(start, min(start + batch_size, len(indices))))), device)
+        if with_privileged:
+            out = model(**batch["student"], privileged=batch["privileged"])
+        else:
+            out = model(**batch["student"])
         rows = batch["index"].cpu()
         for task, z in out["logits"].items():
             logits[task][rows] = z.float().cpu()
@@ -109,43 +97,28 @@ def to_device(obj, device):
     return obj
 
 
-def fit(
-    fabric: Fabric,
-    model: nn.Module,
-    objective: nn.Module,
-    data: PreparedData,
-    train_idx: np.ndarray,
-    cfg: TrainConfig,
-    run_dir: str | Path,
-    forward: Forward,
-    *,
-    with_privileged: bool = False,
-    teacher_targets: TeacherTargets | None = None,
-    online_teacher: Callable[[dict], None] | None = None,
-    resume: bool = False,
-    desc: str = "train",
-) -> FitResult:
-    """Train ``model`` on ``train_idx`` with ``objective(output, batch)["loss"]``; early stopping on val mean F1.
+def fit(fabric: Fabric, task: DistillTask, data: PreparedData, train_idx: np.ndarray, cfg: TrainConfig,
+        run: RunFolder, *, resume: bool = False, desc: str = "train") -> FitResult:
+    """Train ``task.model`` on ``train_idx`` with ``task(batch)["loss"]``; early stopping on validation mean F1.
 
-    The best weights (by validation F1) end up loaded in ``model`` and saved as ``best.safetensors``.
-    ``online_teacher`` (benchmarks) fills ``batch["teacher_logits"]`` from a frozen, never-DDP-wrapped teacher.
+    Only ``task.model`` is set up by Fabric (wrapped for DDP); a teacher inside the task never is. The best weights
+    (by validation F1) end up loaded in ``task.model`` and saved as ``best.safetensors``.
     """
-    run_dir = Path(run_dir)
-    ckpt_dir = run_dir / "checkpoints"
     val_idx = data.indices("val", labelled_only=True)
     optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
+        [p for p in task.model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
     )
     start_epoch, best_score, best_epoch, bad_epochs, history = 0, -math.inf, -1, 0, []
-    if resume and (ckpt_dir / "last.safetensors").exists():
-        load_weights(model, ckpt_dir / "last.safetensors")
-        info = load_training_state(ckpt_dir / "last_state.safetensors", optimizer)
+    if resume and run.last.exists():
+        load_weights(task.model, run.last)
+        info = load_training_state(run.last_state, optimizer)
         start_epoch, best_score, best_epoch = info["epoch"] + 1, info["best_score"], info["best_epoch"]
         bad_epochs, history = info["bad_epochs"], info["history"]
-        fabric.print(f"resuming {run_dir} at epoch {start_epoch}")
-    model, optimizer = fabric.setup(model, optimizer)
+        fabric.print(f"resuming {run.path} at epoch {start_epoch}")
+    task.model, optimizer = fabric.setup(task.model, optimizer)
+    with_privileged = task.needs_privileged
 
-    dataset = RowDataset(data, train_idx, with_privileged=with_privileged, teacher=teacher_targets)
+    dataset = RowDataset(data, train_idx, with_privileged=with_privileged)
     sampler = DistributedSampler(
         dataset, num_replicas=fabric.world_size, rank=fabric.global_rank, shuffle=True, seed=cfg.seed
     )
@@ -153,28 +126,26 @@ def fit(
                         num_workers=cfg.num_workers)
     # Not fabric.setup_dataloaders: its wrapper calls sampler.set_epoch(number of passes so far), which would
     # replay epoch 0's order after a resume; we set the epoch ourselves and move batches with fabric.to_device.
-    loggers = [CSVLogger(run_dir / "logs", name="csv"), TensorBoardLogger(run_dir / "logs", name="tensorboard")]
+    loggers = [CSVLogger(run.logs, name="csv"), TensorBoardLogger(run.logs, name="tensorboard")]
     show = cfg.progress and fabric.is_global_zero
 
     stopped_early = False
     epoch = start_epoch - 1
     for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
-        model.train()
+        task.train()
         sums: dict[str, float] = {}
         steps, rows, tic = 0, 0, time.perf_counter()
         bar = tqdm(total=len(sampler), desc=f"{desc} {epoch + 1}/{cfg.epochs}", unit="row", leave=False,
                    disable=not show, dynamic_ncols=True)
         for batch in loader:
-            batch = fabric.to_device(batch)
-            if online_teacher is not None:
-                online_teacher(batch)
-            out = objective(forward(model, batch), batch)
+            out = task(fabric.to_device(batch))
             optimizer.zero_grad(set_to_none=True)
             fabric.backward(out["loss"])
             optimizer.step()
             for key, value in out.items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach())
+                if key != "logits":
+                    sums[key] = sums.get(key, 0.0) + float(value.detach())
             steps += 1
             rows += len(batch["index"])
             bar.update(len(batch["index"]))
@@ -182,7 +153,7 @@ def fit(
         bar.close()
         elapsed = time.perf_counter() - tic
 
-        preds = predict(model, data, val_idx, forward, with_privileged=with_privileged)
+        preds = predict(task.model, data, val_idx, with_privileged=task.model_takes_privileged)
         val = evaluate_logits(data, preds["logits"], eval_split="val", tune_split="val", by_group=False)
         score = val["mean_f1"]
         record = {f"train/{k}": v / max(steps, 1) for k, v in sums.items()}
@@ -196,12 +167,12 @@ def fit(
         if improved:
             best_score, best_epoch, bad_epochs = score, epoch, 0
             if fabric.is_global_zero:
-                save_weights(unwrap(model), ckpt_dir / "best.safetensors")
+                save_weights(unwrap(task.model), run.best)
         else:
             bad_epochs += 1
         if fabric.is_global_zero:
-            save_weights(unwrap(model), ckpt_dir / "last.safetensors")
-            save_training_state(ckpt_dir / "last_state.safetensors", optimizer, {
+            save_weights(unwrap(task.model), run.last)
+            save_training_state(run.last_state, optimizer, {
                 "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
                 "history": history})
         if show:
@@ -211,18 +182,19 @@ def fit(
             stopped_early = True
             break
     # Replicas must hold identical weights; a mismatch means a broken data-parallel setup, so say it loudly.
-    checksums = fabric.all_gather(_checksum(unwrap(model))).reshape(-1).tolist()
+    checksums = fabric.all_gather(_checksum(unwrap(task.model))).reshape(-1).tolist()
     if len(set(checksums)) > 1:
         fabric.print(f"warning: ranks disagree on the final weights: {checksums}")
     fabric.barrier()
     if fabric.is_global_zero:
         for logger in loggers:
             logger.finalize("success")
-    if (ckpt_dir / "best.safetensors").exists():
-        load_weights(unwrap(model), ckpt_dir / "best.safetensors")
+    task.model = unwrap(task.model)
+    if run.best.exists():
+        load_weights(task.model, run.best)
     if fabric.is_global_zero:
-        atomic_write_json(run_dir / "history.json", {"epochs": history, "rank_weight_checksums": checksums,
-                                                     "world_size": fabric.world_size})
+        atomic_write_json(run.history_file, {"epochs": history, "rank_weight_checksums": checksums,
+                                             "world_size": fabric.world_size})
     return FitResult(best_epoch, best_score, epoch + 1, stopped_early, history)
 
 

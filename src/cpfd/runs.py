@@ -1,0 +1,180 @@
+"""Run and compare folders: every file name and layout in one place, each file parsed once here.
+
+A run folder (``cpfd fit-teacher`` / ``cpfd distill``)::
+
+    config.yaml        the resolved RunConfig          run.json       role, dataset, tasks, arm, skipped rows
+    metrics.json       test/val metrics at the end     history.json   per-epoch records
+    eval.json          written by ``cpfd evaluate``    logs/          CSV + TensorBoard
+    checkpoints/       best.safetensors, last.safetensors, last_state.safetensors
+    cache/             teacher_outputs.safetensors (teachers only)
+    folds/             folds.json and one run folder per fold teacher (cross-fitting)
+
+A compare folder (``cpfd compare``)::
+
+    results.json  report.md  *.png      seed_<s>/teacher_<kind>/  seed_<s>/<arm>/   (run folders)
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from cpfd.config import RunConfig, config_from_dict, save_config
+from cpfd.errors import CpfdError
+from cpfd.io import atomic_write_json, load_yaml
+
+TEACHER_OUTPUTS = "teacher_outputs.safetensors"
+
+
+class RunFolderError(CpfdError, FileNotFoundError):
+    """A run folder that lacks a file a command needs (the message says which command makes it)."""
+
+
+def _read_json(path: Path, made_by: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunFolderError(f"{path} not found ({made_by})") from None
+    except json.JSONDecodeError as err:
+        raise RunFolderError(f"{path} is not valid JSON: {err}") from None
+
+
+class RunFolder:
+    def __init__(self, path: "str | Path | RunFolder"):
+        self.path = path.path if isinstance(path, RunFolder) else Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    # ---- layout ----
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def run_file(self) -> Path:
+        return self.path / "run.json"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
+    def history_file(self) -> Path:
+        return self.path / "history.json"
+
+    @property
+    def eval_file(self) -> Path:
+        return self.path / "eval.json"
+
+    @property
+    def logs(self) -> Path:
+        return self.path / "logs"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoints / "best.safetensors"
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / "last.safetensors"
+
+    @property
+    def last_state(self) -> Path:
+        return self.checkpoints / "last_state.safetensors"
+
+    @property
+    def teacher_outputs(self) -> Path:
+        return self.path / "cache" / TEACHER_OUTPUTS
+
+    @property
+    def folds_file(self) -> Path:
+        return self.path / "folds" / "folds.json"
+
+    def folds_ids(self) -> list[list[str]]:
+        """The ids each fold teacher held out (cross-fitting)."""
+        return _read_json(self.folds_file, "fit-teacher with oof_folds >= 2 writes it")
+
+    def fold(self, k: int) -> "RunFolder":
+        return RunFolder(self.path / "folds" / str(k))
+
+    def fold_runs(self) -> list["RunFolder"]:
+        folds = sorted((self.path / "folds").glob("*/checkpoints/best.safetensors"),
+                       key=lambda p: int(p.parent.parent.name))
+        return [RunFolder(p.parent.parent) for p in folds]
+
+    # ---- content, parsed once ----
+    @cached_property
+    def config(self) -> RunConfig:
+        try:
+            text = self.config_file.read_text()
+        except FileNotFoundError:
+            raise RunFolderError(f"{self.config_file} not found: {self.path} is not a run folder") from None
+        return config_from_dict(load_yaml(text, str(self.config_file)) or {}, str(self.config_file))
+
+    @cached_property
+    def info(self) -> dict:
+        return _read_json(self.run_file, f"{self.path} is not a run folder")
+
+    @property
+    def role(self) -> str:
+        return self.info["role"]
+
+    def metrics(self) -> dict:
+        return _read_json(self.metrics_file, "the run did not finish")
+
+    def history(self) -> dict:
+        return _read_json(self.history_file, "the run did not finish")
+
+    def write(self, cfg: RunConfig, info: dict) -> None:
+        save_config(cfg, self.config_file)
+        atomic_write_json(self.run_file, info)
+        self.__dict__.pop("config", None)
+        self.__dict__.pop("info", None)
+
+    def teacher_checkpoints(self) -> list[Path]:
+        """The teacher's best checkpoint, then each fold teacher's (their hashes key the output cache)."""
+        paths = [self.best] + [f.best for f in self.fold_runs()]
+        if not self.best.exists():
+            raise RunFolderError(f"teacher run {self.path} has no checkpoint {self.best} (run `cpfd fit-teacher` first)")
+        return paths
+
+
+class CompareFolder:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @property
+    def results_file(self) -> Path:
+        return self.path / "results.json"
+
+    @property
+    def report_file(self) -> Path:
+        return self.path / "report.md"
+
+    def plot(self, name: str) -> Path:
+        return self.path / f"{name}.png"
+
+    def seed_dir(self, seed: int) -> Path:
+        return self.path / f"seed_{seed}"
+
+    def seeds(self) -> list[int]:
+        return sorted(int(p.name.split("_", 1)[1]) for p in self.path.glob("seed_*") if p.name[5:].isdigit())
+
+    def teacher(self, seed: int, kind: str) -> RunFolder:
+        return RunFolder(self.seed_dir(seed) / f"teacher_{kind}")
+
+    def arm(self, seed: int, name: str) -> RunFolder:
+        return RunFolder(self.seed_dir(seed) / name)
+
+    def runs(self, seed: int) -> list[RunFolder]:
+        return [RunFolder(p) for p in sorted(self.seed_dir(seed).iterdir()) if (p / "run.json").exists()]
+
+    def results(self) -> dict:
+        return _read_json(self.results_file, "run `cpfd compare` or `cpfd report` first")
