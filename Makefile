@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: demo test test-all bench install install-ocr clean
+.PHONY: demo test test-slow test-all lint-imports bench install install-ocr clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,10 +25,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m cpfd demo --out runs/demo
 
-test: $(STAMP)
+# The layer contract in pyproject.toml: a wrong-way import between packages fails the build.
+lint-imports: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
+
+# The fast suite (the default); slow tests (DDP, every codec, a live server, OCR serving) run in test-slow.
+test: $(STAMP) lint-imports
 	$(PY) -m pytest -q
 
-test-all: $(STAMP)
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+test-all: $(STAMP) lint-imports
 	$(PY) -m pytest -q -m "slow or not slow"
 
 bench: $(STAMP)

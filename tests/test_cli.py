@@ -93,3 +93,64 @@ def test_report_rebuilds_from_seeds_run_separately(tmp_path):
     assert results["options"]["seeds"] == 2 and set(results["arms"]) == {"baseline", "self_distill", "pfd", "cpfd",
                                                                          "teacher"}
     assert len(results["arms"]["pfd"]["mean_f1"]["values"]) == 2 and (out / "report.md").exists()
+
+
+def test_a_plugin_module_registers_a_confidence_that_distill_uses(tmp_path, monkeypatch):
+    from cpfd.registry import CONFIDENCES
+
+    (tmp_path / "team_plugin.py").write_text(
+        "import torch\n"
+        "from cpfd.registry import CONFIDENCES\n\n"
+        "@CONFIDENCES.register('team_quarter')\n"
+        "def team_quarter(probs, labels, label_mask, task_type):\n"
+        "    return torch.full(labels.shape, 0.25)  # per row, per label for multilabel\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ds = make_dataset(tmp_path / "ds", n=120)
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    config = tmp_path / "run.yaml"
+    config.write_text("plugins: [team_plugin]\ndistill:\n  confidence: team_quarter\n")
+    try:
+        assert runner.invoke(app, ["fit-teacher", str(ds), "--out", str(teacher), "--epochs", "1", *FAST]).exit_code == 0
+        result = runner.invoke(app, ["distill", str(ds), "--teacher", str(teacher), "--out", str(student),
+                                     "--config", str(config), "--epochs", "1", *FAST])
+        assert result.exit_code == 0, result.output
+        assert "confidence: team_quarter" in (student / "config.yaml").read_text()
+        weights = json.loads((student / "metrics.json").read_text())["weights"]
+        assert all(w["mean_weight"] == pytest.approx(0.25) for w in weights.values())
+        # Without the plugin the name is rejected at load time, listing what is registered.
+        config.write_text("distill:\n  confidence: not_registered\n")
+        result = runner.invoke(app, ["distill", str(ds), "--teacher", str(teacher), "--out", str(tmp_path / "x"),
+                                     "--config", str(config)])
+        assert result.exit_code == 2 and "unknown confidence function 'not_registered'; registered:" in result.output
+        assert "team_quarter" in result.output
+    finally:
+        CONFIDENCES.unregister("team_quarter")
+
+
+def test_typed_choices_reject_typos_in_the_parser(tmp_path):
+    ds = make_dataset(tmp_path / "ds", n=60)
+    result = runner.invoke(app, ["distill", str(ds), "--weighting", "gat"])
+    assert result.exit_code == 2 and "gat" in result.output and "kd_only" in result.output
+    result = runner.invoke(app, ["validate", str(ds), "--on-bad-video", "ignore"])
+    assert result.exit_code == 2 and "fail" in result.output and "skip" in result.output
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.startswith("cpfd ")
+
+
+def test_rebuilt_report_equals_the_original(tmp_path):
+    ds = make_dataset(tmp_path / "ds", n=120, n_unlabelled=40)
+    out = tmp_path / "cmp"
+    result = runner.invoke(app, ["compare", str(ds), "--out", str(out), "--seeds", "2", "--epochs", "1",
+                                 "--confidences", "margin", *FAST])
+    assert result.exit_code == 0, result.output
+    original = {name: (out / name).read_text() for name in ("results.json", "report.md")}
+    results = json.loads(original["results.json"])
+    assert "CPFD, confidence=margin" in results["arms"]["cpfd_margin"]["description"]
+    assert results["arms"]["cpfd_margin"]["distill_config"]["confidence"] == "margin"
+    (out / "results.json").unlink()
+    result = runner.invoke(app, ["report", str(out)])
+    assert result.exit_code == 0, result.output
+    assert {name: (out / name).read_text() for name in original} == original

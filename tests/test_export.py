@@ -63,7 +63,10 @@ def test_bundle_is_student_only(exported):
     assert meta["parity_max_abs_diff"] <= 1e-4 and "privileged" not in json.dumps(meta["inputs"])
     assert [t["name"] for t in meta["tasks"]] == ["label"] and 0 <= meta["tasks"][0]["threshold"] <= 1
     assert meta["encoders_onnx"]["frames"].startswith("frames_encoder.onnx")
-    assert "text" in meta["encoders_onnx"]  # exported or, with the reason, kept in torch
+    # The text encoder either exported with parity (its file is in the bundle) or says why it stays in torch.
+    text = meta["encoders_onnx"]["text"]
+    assert text.startswith("text_encoder.onnx (max |onnx - torch|") == (bundle / "text_encoder.onnx").exists()
+    assert text.startswith(("text_encoder.onnx (max |onnx - torch| = ", "not exported, runs in torch ("))
 
 
 def test_parity_check_fails_export(exported, tmp_path):
@@ -171,6 +174,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_real_server_on_loopback(exported):
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
@@ -200,3 +204,104 @@ def test_request_timeout_is_a_504(exported):
         clip = (exported / "ds" / "clips" / "c1.mp4").read_bytes()
         r = c.post("/v1/predict", files={"video": ("c1.mp4", clip, "video/mp4")}, data={"title": "t"})
     assert r.status_code == 504 and "longer than" in r.json()["detail"]
+
+
+def _training_logits(exported: Path) -> tuple:
+    """The run's own path: load_dataset (cached embeddings, cached OCR) -> student."""
+    from cpfd.data import load_dataset
+    from cpfd.models.build import load_student
+    from cpfd.runs import RunFolder
+    from cpfd.train.loop import predict
+
+    run = RunFolder(exported / "student")
+    data = load_dataset(exported / "ds", extract=run.config.extract, log=lambda m: None)
+    logits = predict(load_student(run, data), data, np.arange(len(data)))["logits"]["label"].numpy().reshape(-1)
+    return data, logits
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_training_and_serving_paths_give_the_same_logits(exported, runtime):
+    data, expected = _training_logits(exported)
+    table = pd.read_parquet(exported / "ds" / "data.parquet")
+    bundle = StudentBundle(exported / "bundle", runtime)
+    rows = [0, 7, 13, 21]
+    titles = [table.loc[i, "title"] for i in rows]
+    # JSON path: the cached frame embeddings + the raw title.
+    json_in = bundle.prepare(texts=[bundle.text({"title": t}) for t in titles],
+                             frame_embeddings=data.student_inputs["frames"][rows].numpy())
+    # Upload path: decode and encode the clip as serving does.
+    clips = [bundle.pre.decode(exported / "ds" / table.loc[i, "video"]).frames for i in rows]
+    upload_in = bundle.prepare(texts=[bundle.text({"title": t}) for t in titles], clips=clips)
+    for inputs in (json_in, upload_in):
+        got = bundle.logits(inputs)["label"].reshape(-1)
+        assert np.abs(got - expected[rows]).max() <= 1e-5, (runtime, got, expected[rows])
+
+
+def test_served_predictions_match_the_training_path(client, exported):
+    from cpfd.task_types import task_type
+
+    data, expected = _training_logits(exported)
+    probs = task_type("binary").probs(__import__("torch").from_numpy(expected)).numpy()
+    table = pd.read_parquet(exported / "ds" / "data.parquet")
+    for i in (3, 16):
+        clip = (exported / "ds" / table.loc[i, "video"]).read_bytes()
+        up = client.post("/v1/predict", files={"video": ("c.mp4", clip, "video/mp4")}, data={"title": table.loc[i, "title"]})
+        js = client.post("/v1/predict", json={"text": {"title": table.loc[i, "title"]},
+                                               "frame_embeddings": data.student_inputs["frames"][i].tolist()})
+        for r in (up, js):
+            assert r.status_code == 200, r.text
+            assert abs(r.json()["predictions"]["label"]["probs"] - probs[i]) <= 1e-5
+
+
+def _ocr_dataset(folder: Path, n: int = 8) -> Path:
+    from cpfd.demo import write_clip
+
+    (folder / "clips").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        word = ("SALE", "NEWS")[i % 2]
+        write_clip(folder / "clips" / f"o{i}.mp4", "circle", (40, 40, 40), (200, 200, 200), (2.0, 1.0), word, rng,
+                   frames=4, size=128)
+        rows.append({"id": f"o{i}", "video": f"clips/o{i}.mp4", "title": f"clip {i}", "dense": float(i % 2),
+                     "label": i % 2, "split": (["train"] * 4 + ["val"] * 2 + ["test"] * 2)[i]})
+    pd.DataFrame(rows).to_parquet(folder / "data.parquet")
+    spec = {"format": 1, "name": "ocr", "table": "data.parquet", "id": "id", "split": "split",
+            "inputs": {"video": "video", "text": ["title"]}, "privileged": ["dense"],
+            "tasks": [{"name": "label", "type": "binary", "column": "label"}]}
+    (folder / "dataset.yaml").write_text(__import__("yaml").safe_dump(spec))
+    return folder
+
+
+@pytest.mark.slow
+def test_a_bundle_trained_with_ocr_reads_on_screen_text_when_serving(tmp_path):
+    root = tmp_path
+    ds = _ocr_dataset(root / "ds")
+    sets = _sets(root / "cache") + ["--set", "extract.ocr=true", "--set", "extract.ocr_size=128", "--set",
+                                    "train.epochs=1"]
+    runner = CliRunner()
+    for args in (["fit-teacher", str(ds), "--out", str(root / "teacher")],
+                 ["distill", str(ds), "--teacher", str(root / "teacher"), "--out", str(root / "student")],
+                 ["export", str(root / "student"), "--out", str(root / "bundle")]):
+        result = runner.invoke(app, args + (sets if args[0] != "export" else []))
+        assert result.exit_code == 0, result.output
+    data, expected = _training_logits(root)
+    assert json.loads((root / "cache" / "ocr.json").read_text())  # training read the overlays
+    bundle = StudentBundle(root / "bundle")
+    assert bundle.reads_ocr
+    limits = Limits(max_upload_bytes=2_000_000, timeout_s=120, decode_workers=1)
+    with TestClient(create_app(bundle, limits)) as c:
+        for i in (0, 1):
+            clip = (ds / "clips" / f"o{i}.mp4").read_bytes()
+            r = c.post("/v1/predict", files={"video": ("o.mp4", clip, "video/mp4")}, data={"title": f"clip {i}"})
+            assert r.status_code == 200, r.text
+            prob = 1 / (1 + np.exp(-expected[i]))
+            assert abs(r.json()["predictions"]["label"]["probs"] - prob) <= 1e-5
+        r = c.post("/v1/predict", json={"text": {"title": "clip 0"},
+                                         "frame_embeddings": data.student_inputs["frames"][0].tolist()})
+        assert r.status_code == 422 and "on-screen text (OCR)" in r.json()["detail"]
+        ocr = bundle.pre.ocr_text(ds / "clips" / "o0.mp4")
+        assert ocr == "SALE"
+        r = c.post("/v1/predict", json={"text": {"title": "clip 0"}, "ocr_text": ocr,
+                                         "frame_embeddings": data.student_inputs["frames"][0].tolist()})
+        assert r.status_code == 200 and abs(r.json()["predictions"]["label"]["probs"] - 1 / (1 + np.exp(-expected[0]))) <= 1e-5

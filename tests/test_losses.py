@@ -211,3 +211,54 @@ def test_precomputed_confidence_gives_the_same_loss():
     c = loss.confidences("spam", b["teacher_logits"]["spam"], b)
     assert close(c, [0.8, 0.7])
     assert close(loss(OUT, {**b, "confidence": {"spam": c}})["loss"], loss(OUT, b)["loss"])
+
+
+# ---- λ pinned, and the multiclass / multilabel objectives by hand --------------------------------------------
+
+
+def test_lambda_weights_kd_and_one_minus_lambda_weights_ce():
+    # Binary, one labelled row: student logit ln 3 (σ = 0.75), label 1 → CE = −ln 0.75 = 0.287682;
+    # teacher logit 0 (q = 0.5), τ = 1 → KD = −(0.5 ln 0.75 + 0.5 ln 0.25) = 0.836988.
+    # λ = 0.2: 0.8·0.287682 + 0.2·0.836988 = 0.397543 (swapping λ and 1−λ would give 0.727090).
+    loss = build_loss(DistillConfig(method="pfd", lam=0.2, temperature=1.0), {"s": "binary"})
+    batch = {"labels": {"s": T([1.0])}, "label_mask": {"s": T([True])}, "teacher_logits": {"s": T([[0.0]])}}
+    assert close(loss({"logits": {"s": T([[math.log(3.0)]])}}, batch)["loss"], 0.397543)
+
+
+def _multiclass_case():
+    # Student logits [ln 2, 0, 0] → p_s = [.5, .25, .25]; label 0 → CE = ln 2 = 0.693147.
+    # Teacher logits [0, ln 2, 0] → p_t = [.25, .5, .25] (τ = 1) → KD = .25 ln 2 + .75 ln 4 = 1.213008.
+    out = {"logits": {"c": T([[math.log(2.0), 0.0, 0.0]])}}
+    batch = {"labels": {"c": T([0])}, "label_mask": {"c": T([True])},
+             "teacher_logits": {"c": T([[0.0, math.log(2.0), 0.0]])}}
+    return out, batch
+
+
+def test_multiclass_pfd_and_cpfd_values():
+    out, batch = _multiclass_case()
+    pfd = build_loss(DistillConfig(method="pfd", lam=0.3, temperature=1.0), {"c": "multiclass"})
+    # 0.7·0.693147 + 0.3·1.213008 = 0.849105
+    assert close(pfd(out, batch)["loss"], 0.849105)
+    cpfd = build_loss(DistillConfig(method="cpfd", lam=0.3, temperature=1.0), {"c": "multiclass"})
+    # true_class: w = p_t[0] = 0.25 → 0.485203 + 0.3·0.25·1.213008 = 0.576179
+    assert close(cpfd(out, batch)["loss"], 0.576179)
+
+
+def _multilabel_case():
+    # Student logits [0, ln 3] → σ = [.5, .75]; labels [1, 0] → CE = [ln 2, ln 4], mean 1.039721.
+    # Teacher logits [ln 4, 0] → q = [.8, .5] (τ = 1) → KD = [ln 2, 0.836988], mean 0.765068.
+    out = {"logits": {"t": T([[0.0, math.log(3.0)]])}}
+    batch = {"labels": {"t": T([[1.0, 0.0]])}, "label_mask": {"t": T([True])},
+             "teacher_logits": {"t": T([[math.log(4.0), 0.0]])}}
+    return out, batch
+
+
+def test_multilabel_pfd_and_cpfd_values():
+    out, batch = _multilabel_case()
+    pfd = build_loss(DistillConfig(method="pfd", lam=0.4, temperature=1.0), {"t": "multilabel"})
+    # 0.6·1.039721 + 0.4·0.765068 = 0.929860
+    assert close(pfd(out, batch)["loss"], 0.929860)
+    cpfd = build_loss(DistillConfig(method="cpfd", lam=0.4, temperature=1.0), {"t": "multilabel"})
+    # true_class per label: w = [0.8, 1 − 0.5] → mean(0.8·ln 2, 0.5·0.836988) = 0.486506 → 0.623833 + 0.194602
+    assert close(cpfd(out, batch)["loss"], 0.818435)
+    assert close(cpfd.sample_weights("t", batch["teacher_logits"]["t"], batch), [[0.8, 0.5]])

@@ -146,6 +146,7 @@ def test_online_teacher_matches_cached_teacher(fitted):
     assert a["mean_f1"] == pytest.approx(b["mean_f1"], abs=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["fabric", "torchrun"])
 def test_ddp_two_cpu_processes(tmp_path, launcher):
     ds = make_dataset(tmp_path / "ds", n=200)

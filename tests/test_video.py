@@ -30,8 +30,13 @@ from videos import write_audio_only, write_video
 SMALL = {"sampling": {"num_frames": 4, "size": 32}, "workers": 0, "shard_size": 4, "max_tokens": 16}
 
 
-@pytest.mark.parametrize("codec,ext", [("libx264", "mp4"), ("hevc", "mkv"), ("libvpx-vp9", "webm"),
-                                       ("libsvtav1", "mkv"), ("mpeg4", "mov"), ("gif", "gif")])
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("codec,ext", [("libx264", "mp4"), pytest.param("hevc", "mkv", marks=SLOW),
+                                       pytest.param("libvpx-vp9", "webm", marks=SLOW),
+                                       pytest.param("libsvtav1", "mkv", marks=SLOW),
+                                       pytest.param("mpeg4", "mov", marks=SLOW), pytest.param("gif", "gif", marks=SLOW)])
 def test_decode_samples_uniformly(tmp_path, codec, ext):
     clip = decode_video(write_video(tmp_path / f"c.{ext}", n_frames=16, codec=codec), FrameSampling(num_frames=4, size=32))
     assert clip.frames.shape == (4, 32, 32, 3) and clip.source_frames == 16 and not clip.repeated
@@ -172,6 +177,7 @@ def _extract_cmd(folder: Path, cache: Path) -> list[str]:
             "--set", "extract.sampling.num_frames=8"]
 
 
+@pytest.mark.slow
 def test_interrupted_extraction_resumes_without_rework(tmp_path):
     folder = _video_dataset(tmp_path / "ds", n=24)
     cache = tmp_path / "cache"
@@ -216,6 +222,7 @@ def test_cache_key_changes_with_the_file(tmp_path):
     assert report.encoded == 1
 
 
+@pytest.mark.slow
 def test_end_to_end_mode_fine_tunes_the_encoders_on_cpu(tmp_path):
     """Smoke test of the GPU mode on a tiny clip set: decoded frames + token ids in, encoders updated."""
     from cpfd.config import load_config

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
 import tempfile
@@ -46,14 +47,16 @@ class PredictJSON(BaseModel):
 
 def create_app(bundle: StudentBundle, limits: Limits | None = None) -> FastAPI:
     limits = limits or Limits()
-    app = FastAPI(title="cpfd student", version=bundle.meta["version"],
-                  description="Scores short videos with a CPFD-distilled student (no privileged features).")
     pool = ProcessPoolExecutor(limits.decode_workers, mp_context=mp.get_context("spawn"))
-    text_fields = bundle.text_fields
 
-    @app.on_event("shutdown")
-    def _close_pool() -> None:
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
         pool.shutdown(cancel_futures=True)
+
+    app = FastAPI(title="cpfd student", version=bundle.meta["version"], lifespan=lifespan,
+                  description="Scores short videos with a CPFD-distilled student (no privileged features).")
+    text_fields = bundle.text_fields
 
     @app.get("/healthz")
     def healthz() -> dict:
