@@ -133,7 +133,7 @@ def validate(dataset: DatasetArg, on_bad_video: BadVideoOpt = BadMedia.fail) -> 
     table.add_column("split")
     table.add_column("rows", justify="right")
     for task in data.tasks:
-        table.add_column(f"{task.name} ({task.type}, {max(task.n_outputs, 2)} classes)", justify="right")
+        table.add_column(f"{task.name} ({task.type}, {len(task.classes)} classes)", justify="right")
     for split in ("train", "val", "test"):
         rows = data.split == split
         table.add_row(split, str(int(rows.sum())), *[str(int((data.label_mask[t.name].numpy() & rows).sum()))
