@@ -46,8 +46,7 @@ def main() -> None:
     from cpfd.cli import app
 
     folder = build()
-    cmd = ["compare", str(folder), "--out", str(folder.parent / "compare"), "--seeds", str(args.seeds),
-           "--set", "train.batch_size=32", "--set", "train.epochs=60", "--set", "train.patience=10", *args.extra]
+    cmd = ["compare", str(folder), "--out", str(folder.parent / "compare"), "--seeds", str(args.seeds), *args.extra]
     print(f"$ cpfd {' '.join(cmd)}", flush=True)
     tic = time.perf_counter()
     app(cmd, standalone_mode=False)

@@ -18,10 +18,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import OUT  # noqa: E402
 
-from cpfd.data.embeddings import ExtractConfig, MediaRow, _frames_tensor, extract_frames  # noqa: E402
-from cpfd.data.video import FrameSampling, decode_video  # noqa: E402
+from cpfd.config import ExtractConfig, FrameSampling  # noqa: E402
+from cpfd.data.embeddings import MediaRow, extract_frames  # noqa: E402
+from cpfd.data.preprocess import Preprocessor, frames_tensor  # noqa: E402
+from cpfd.data.video import decode_video  # noqa: E402
 from cpfd.demo import generate  # noqa: E402
-from cpfd.encoders import create_encoder  # noqa: E402
 
 
 def main() -> None:
@@ -49,13 +50,15 @@ def main() -> None:
     print(f"PyAV decode + resample: median {1000 * statistics.median(decode_s):.1f} ms/clip "
           f"({len(clips) / sum(decode_s):.1f} clips/s, one process)")
 
-    encoder = create_encoder("efficientnet_lite0").eval()
+    cfg = ExtractConfig(sampling=sampling, workers=args.workers, batch_size=args.batch_size, shard_size=64)
+    pre = Preprocessor(cfg)
+    encoder = pre.frame_encoder
     per_batch = max(1, args.batch_size // args.frames)
     with torch.no_grad():
-        encoder(_frames_tensor(decoded[:per_batch]))  # warm-up
+        encoder(frames_tensor(decoded[:per_batch]))  # warm-up
         tic = time.perf_counter()
         for b in range(0, len(decoded), per_batch):
-            encoder(_frames_tensor(decoded[b:b + per_batch]))
+            encoder(frames_tensor(decoded[b:b + per_batch]))
         enc_s = time.perf_counter() - tic
     n_frames = len(clips) * args.frames
     print(f"encoder alone (EfficientNet-Lite0, batch {args.batch_size} frames): {n_frames / enc_s:.1f} frames/s, "
@@ -63,15 +66,14 @@ def main() -> None:
 
     cache = OUT / "extraction" / "cache"
     shutil.rmtree(cache, ignore_errors=True)
-    cfg = ExtractConfig(sampling=sampling, workers=args.workers, batch_size=args.batch_size, shard_size=64)
     rows = [MediaRow(i, p.stem, p, "video") for i, p in enumerate(clips)]
     tic = time.perf_counter()
-    extract_frames(rows, encoder, cfg, cache, log=lambda m: None, progress=False)
+    extract_frames(rows, pre, cache, log=lambda m: None, progress=False)
     full_s = time.perf_counter() - tic
     print(f"full extraction (workers={args.workers}): {len(clips) / full_s:.2f} clips/s, {n_frames / full_s:.1f} "
           f"frames/s = {enc_s / full_s:.2f} × the encoder-alone rate")
     tic = time.perf_counter()
-    extract_frames(rows, encoder, cfg, cache, log=lambda m: None, progress=False)
+    extract_frames(rows, pre, cache, log=lambda m: None, progress=False)
     print(f"second run (all cached): {time.perf_counter() - tic:.2f} s for {len(clips)} clips")
 
 

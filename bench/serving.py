@@ -75,14 +75,13 @@ def latency(root: Path, reps: int = 200) -> None:
 
 
 def compute(root: Path, data: Path) -> None:
-    import yaml
     from torch.utils.flop_counter import FlopCounterMode
 
-    from cpfd.config import RunConfig
     from cpfd.data import load_dataset
-    from cpfd.train.schedule import load_student, load_teacher
+    from cpfd.models.build import load_student, load_teacher
+    from cpfd.runs import RunFolder
 
-    cfg = RunConfig.model_validate(yaml.safe_load((root / "student" / "config.yaml").read_text()))
+    cfg = RunFolder(root / "student").config
     ds = load_dataset(data, extract=cfg.extract, log=lambda m: None)
     student, teacher = load_student(root / "student", ds), load_teacher(root / "teacher", ds)
     rows = torch.arange(32)

@@ -25,9 +25,12 @@ import fashion_mnist  # noqa: E402
 from cpfd.config import load_config  # noqa: E402
 from cpfd.data import load_dataset  # noqa: E402
 from cpfd.distill.losses import build_loss  # noqa: E402
+from cpfd.distill.task import CachedTeacher, DistillTask, OnlineTeacher  # noqa: E402
+from cpfd.models.build import build_student, load_teacher  # noqa: E402
 from cpfd.train.batches import RowDataset  # noqa: E402
 from cpfd.train.loop import make_fabric, to_device  # noqa: E402
-from cpfd.train.schedule import build_student, fit_teacher, load_teacher, teacher_targets  # noqa: E402
+from cpfd.train.schedule import fit_teacher  # noqa: E402
+from cpfd.train.teacher_outputs import teacher_targets  # noqa: E402
 
 
 def main() -> None:
@@ -42,19 +45,15 @@ def main() -> None:
     if not (folder / "dataset.yaml").exists():
         folder = fashion_mnist.build(1000, 10000, 1000, root=args.data_dir)
     data = load_dataset(folder)
-    cfg = load_config(overrides=["train.progress=false", "train.epochs=5"])
+    cfg = load_config(overrides=["train.progress=false", "train.epochs=5", "train.min_steps=0"])
     teacher_dir = folder.parent / "speed_teacher"
     if not (teacher_dir / "checkpoints" / "best.safetensors").exists():
         fit_teacher(data, cfg, teacher_dir, make_fabric(cfg.train))
     targets = teacher_targets(teacher_dir, data)
     device = torch.device(args.device)
-    types = {t.name: t.type for t in data.tasks}
-    teacher = load_teacher(teacher_dir, data).to(device).requires_grad_(False)
-    # As in `cpfd distill`: confidences are computed once per run in cached mode, per batch in online mode.
-    cpfd_loss = build_loss(cfg.distill.model_copy(update={"method": "cpfd"}), types, targets.temperatures)
-    everything = {"labels": data.labels, "label_mask": data.label_mask}
-    targets.confidence = {t: cpfd_loss.confidences(t, targets.logits[t], everything) for t in types}
-    cached_set = RowDataset(data, data.indices("train"), teacher=targets)
+    types = {t.name: t.kind for t in data.tasks}
+    teacher = load_teacher(teacher_dir, data).to(device)
+    cached_set = RowDataset(data, data.indices("train"))
     online_set = RowDataset(data, data.indices("train"), with_privileged=True)
     gen = torch.Generator().manual_seed(0)
     picks = [torch.randint(len(cached_set), (args.batch_size,), generator=gen).tolist() for _ in range(args.steps)]
@@ -62,19 +61,19 @@ def main() -> None:
     online_batches = [to_device(online_set.__getitems__(p), device) for p in picks]
 
     def runner(method: str, online: bool):
+        # As in `cpfd distill`: one DistillTask; confidences are computed once per run in cached mode (prepare),
+        # per batch from the frozen teacher in online mode.
         torch.manual_seed(0)
         student = build_student(data, cfg).to(device).train()
         opt = torch.optim.AdamW(student.parameters(), lr=1e-3)
-        c = cfg.distill.model_copy(update={"method": method})
-        loss_fn = build_loss(c, types, targets.temperatures)
+        loss_fn = build_loss(cfg.distill.model_copy(update={"method": method}), types, targets.temperatures)
+        source = OnlineTeacher(teacher, targets.temperatures) if online else CachedTeacher(targets)
+        task = DistillTask(student, loss_fn, source)
+        task.prepare(data.labels, data.label_mask)
 
         def run() -> None:
             for batch in online_batches if online else cached:
-                if online:
-                    with torch.no_grad():
-                        out = teacher(**batch["student"], privileged=batch["privileged"])
-                    batch = {**batch, "teacher_logits": out["logits"], "teacher_embedding": out["embedding"]}
-                loss = loss_fn(student(**batch["student"]), batch)["loss"]
+                loss = task(batch)["loss"]
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

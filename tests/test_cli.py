@@ -11,7 +11,7 @@ from conftest import make_dataset
 from cpfd.cli import app
 
 runner = CliRunner()
-FAST = ["--set", "train.progress=false", "--set", "model.d_model=32", "--set", "train.batch_size=64"]
+FAST = ["--set", "train.progress=false", "--set", "train.min_steps=0", "--set", "model.d_model=32", "--set", "train.batch_size=64"]
 
 
 def test_help_explains_every_command():

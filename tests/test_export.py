@@ -26,7 +26,7 @@ from test_video import _video_dataset
 from videos import write_video
 
 SETS = ["extract.sampling.size=32", "extract.sampling.num_frames=2", "extract.workers=0", "extract.max_tokens=8",
-        "train.progress=false", "model.d_model=16", "train.epochs=2"]
+        "train.progress=false", "model.d_model=16", "train.epochs=2", "train.min_steps=0"]
 
 
 def _sets(cache: Path) -> list[str]:

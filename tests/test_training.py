@@ -23,7 +23,7 @@ from cpfd.runs import TEACHER_OUTPUTS as CACHE_NAME
 from cpfd.train.schedule import distill, fit_teacher, student_train_rows
 from cpfd.train.teacher_outputs import teacher_targets
 
-FAST = ["train.epochs=3", "train.patience=10", "train.progress=false", "model.d_model=32", "train.batch_size=64"]
+FAST = ["train.epochs=3", "train.min_steps=0", "train.patience_steps=100000", "train.progress=false", "model.d_model=32", "train.batch_size=64"]
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +57,10 @@ def test_resume_continues_to_the_same_result(fitted):
     root, data, cfg, fabric = fitted
     full = cfg.model_copy(deep=True)
     full.train.epochs = 4
+    # A shorter run stands in for an interrupted one; a constant rate keeps its plan identical to the full run's.
+    full.train.schedule = "constant"
     distill(data, full, root / "straight", fabric, root / "teacher")
-    short = cfg.model_copy(deep=True)
+    short = full.model_copy(deep=True)
     short.train.epochs = 2
     distill(data, short, root / "resumed", fabric, root / "teacher")
     history = json.loads((root / "resumed" / "history.json").read_text())["epochs"]
@@ -152,7 +154,7 @@ def test_ddp_two_cpu_processes(tmp_path, launcher):
     ds = make_dataset(tmp_path / "ds", n=200)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
     args = ["distill", str(ds), "--method", "none", "--out", str(tmp_path / "ddp"), "--epochs", "4",
-            "--set", "train.progress=false", "--set", "train.patience=10", "--set", "train.lr=0.003"]
+            "--set", "train.progress=false", "--set", "train.min_steps=0", "--set", "train.lr=0.003"]
     if launcher == "fabric":
         cmd = [sys.executable, "-m", "cpfd", *args, "--devices", "2"]
     else:
@@ -165,3 +167,41 @@ def test_ddp_two_cpu_processes(tmp_path, launcher):
     losses = [h["train/loss"] for h in history["epochs"]]
     assert losses[-1] < losses[0]
     assert np.isfinite(json.loads((tmp_path / "ddp" / "metrics.json").read_text())["test"]["mean_f1"])
+
+
+def test_budget_rule_by_hand():
+    from cpfd.config import TrainConfig
+    from cpfd.train.budget import plan_budget
+
+    # 325 rows, batch 256: capped to max(8, ceil(325/16)) = 21 → ceil(325/21) = 16 steps per epoch; 30 epochs are
+    # 480 steps < 1000, so ceil(1000/16) = 63 epochs = 1008 steps; warm-up round(0.05·1008) = 50 steps.
+    b = plan_budget(TrainConfig(batch_size=256, epochs=30, min_steps=1000), 325)
+    assert (b.batch_size, b.steps_per_epoch, b.epochs, b.total_steps, b.warmup_steps) == (21, 16, 63, 1008, 50)
+    assert b.lr_factor(0, "cosine") == pytest.approx(1 / 50) and b.lr_factor(49, "cosine") == pytest.approx(1.0)
+    assert b.lr_factor(50 + 479, "cosine") == pytest.approx(0.5) and b.lr_factor(1008, "cosine") == pytest.approx(0.0)
+    assert b.lr_factor(700, "constant") == 1.0
+    # A large table keeps the configured batch and epochs; two processes halve the rows per rank.
+    big = plan_budget(TrainConfig(batch_size=256, epochs=30, min_steps=1000), 60000, world_size=2)
+    assert (big.batch_size, big.steps_per_epoch, big.epochs) == (256, 118, 30)
+
+
+def test_early_stopping_on_validation_loss_restores_the_best_checkpoint(fitted):
+    root, data, cfg, fabric = fitted
+    es = cfg.model_copy(deep=True)
+    es.distill.method = "none"
+    es.train.epochs, es.train.patience_steps = 60, 1
+    rows = data.indices("train", labelled_only=True)
+    es.train.min_steps = 3 * plan_budget_steps(es, len(rows))
+    distill(data, es, root / "early", fabric)
+    history = json.loads((root / "early" / "history.json").read_text())["epochs"]
+    metrics = json.loads((root / "early" / "metrics.json").read_text())
+    assert 3 <= len(history) < 60 and metrics["stopped_early"]
+    losses = [h["val/loss"] for h in history]
+    assert metrics["best_val_loss"] == pytest.approx(min(losses)) and losses[-1] > min(losses)
+    assert metrics["steps_run"] >= es.train.min_steps
+
+
+def plan_budget_steps(cfg, n_train: int) -> int:
+    from cpfd.train.budget import plan_budget
+
+    return plan_budget(cfg.train, n_train).steps_per_epoch

@@ -232,7 +232,7 @@ def test_end_to_end_mode_fine_tunes_the_encoders_on_cpu(tmp_path):
 
     folder = _video_dataset(tmp_path / "ds", n=10)
     cfg = load_config(overrides=["extract.end_to_end=true", "extract.sampling.num_frames=2", "extract.sampling.size=32",
-                                 "extract.max_tokens=8", "extract.workers=0", "train.epochs=1", "train.batch_size=4",
+                                 "extract.max_tokens=8", "extract.workers=0", "train.epochs=1", "train.min_steps=0", "train.batch_size=4",
                                  "train.progress=false", "model.d_model=16", "model.n_layers=1", "model.n_cross_layers=1"])
     data = load_dataset(folder, extract=cfg.extract, log=lambda m: None)
     assert data.student_inputs["pixels"].dtype == torch.uint8 and data.student_inputs["pixels"].shape == (10, 2, 32, 32, 3)
@@ -269,7 +269,7 @@ def test_skipped_rows_are_listed_in_the_compare_report(tmp_path):
     folder = _video_dataset(tmp_path / "ds", n=20, bad={2: "text"})
     out = tmp_path / "cmp"
     sets = ["extract.sampling.size=32", "extract.sampling.num_frames=2", "extract.workers=0", "extract.max_tokens=8",
-            "train.progress=false", "model.d_model=16", f"extract.cache_dir={tmp_path / 'cache'}"]
+            "train.progress=false", "train.min_steps=0", "model.d_model=16", f"extract.cache_dir={tmp_path / 'cache'}"]
     args = ["compare", str(folder), "--out", str(out), "--seeds", "1", "--epochs", "1", "--on-bad-video", "skip"]
     for item in sets:
         args += ["--set", item]

@@ -133,9 +133,16 @@ class DistillConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(30, ge=1)
-    patience: int = Field(5, ge=1, description="early stopping on validation F1")
-    batch_size: int = Field(256, ge=1)
+    """The budget rule is in :mod:`cpfd.train.budget`; every arm of a comparison gets the same rule."""
+
+    epochs: int = Field(30, ge=1, description="epochs, extended until min_steps optimiser steps are planned")
+    min_steps: int = Field(1000, ge=0, description="optimiser steps at least (and before early stopping may stop)")
+    patience_steps: int = Field(300, ge=1, description="early stopping: steps without a better validation loss")
+    select: Literal["val_loss", "val_f1"] = Field("val_loss", description="what picks the best checkpoint")
+    batch_size: int = Field(256, ge=1, description="largest batch; smaller when the train split is small")
+    min_batches_per_epoch: int = Field(16, ge=1, description="the batch is capped so an epoch has this many steps")
+    schedule: Literal["cosine", "constant"] = Field("cosine", description="learning-rate schedule after warm-up")
+    warmup_fraction: float = Field(0.05, ge=0.0, lt=1.0, description="linear warm-up, share of the planned steps")
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     seed: int = 0

@@ -146,4 +146,5 @@ def generate(folder: str | Path, n_labelled: int = 300, n_unlabelled: int = 300,
 # Sized for a few hundred clips on 2 CPU cores: small frames, short titles, small batches so that each epoch has
 # several optimiser steps. The same settings for every arm.
 DEMO_SETTINGS = ["extract.sampling.num_frames=4", "extract.sampling.size=112", "extract.workers=1",
-                 "extract.max_tokens=16", "train.batch_size=64", "train.epochs=30", "train.patience=6"]
+                 "extract.max_tokens=16", "train.batch_size=64", "train.epochs=30", "train.min_steps=300",
+                 "train.patience_steps=60"]

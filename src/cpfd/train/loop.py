@@ -32,6 +32,7 @@ from cpfd.evaluate.evaluation import evaluate_logits
 from cpfd.io import atomic_write_json, load_weights, save_weights
 from cpfd.runs import RunFolder
 from cpfd.train.batches import RowDataset, passthrough
+from cpfd.train.budget import plan_budget
 from cpfd.train.checkpoint import load_training_state, save_training_state
 
 
@@ -39,9 +40,12 @@ from cpfd.train.checkpoint import load_training_state, save_training_state
 @dataclass
 class FitResult:
     best_epoch: int
-    best_score: float
+    best_score: float  # validation mean F1 of the best checkpoint
+    best_val_loss: float
     epochs_run: int
+    steps_run: int
     stopped_early: bool
+    budget: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
 
 
@@ -97,24 +101,36 @@ def to_device(obj, device):
     return obj
 
 
+def validation_loss(data: PreparedData, logits: dict[str, torch.Tensor]) -> float:
+    """The hard loss on labelled validation rows, averaged per task and summed over tasks (as in training)."""
+    total = 0.0
+    for task in data.tasks:
+        rows = torch.from_numpy(np.flatnonzero((data.split == "val") & data.label_mask[task.name].numpy()))
+        if len(rows):
+            total += float(task.kind.hard_loss(logits[task.name][rows], data.labels[task.name][rows]).mean())
+    return total
+
+
 def fit(fabric: Fabric, task: DistillTask, data: PreparedData, train_idx: np.ndarray, cfg: TrainConfig,
         run: RunFolder, *, resume: bool = False, desc: str = "train") -> FitResult:
-    """Train ``task.model`` on ``train_idx`` with ``task(batch)["loss"]``; early stopping on validation mean F1.
+    """Train ``task.model`` on ``train_idx`` with ``task(batch)["loss"]`` under the budget of
+    :mod:`cpfd.train.budget`; the best checkpoint by validation loss (or F1, ``train.select``) is restored.
 
-    Only ``task.model`` is set up by Fabric (wrapped for DDP); a teacher inside the task never is. The best weights
-    (by validation F1) end up loaded in ``task.model`` and saved as ``best.safetensors``.
+    Only ``task.model`` is set up by Fabric (wrapped for DDP); a teacher inside the task never is.
     """
+    budget = plan_budget(cfg, len(train_idx), fabric.world_size)
     val_idx = data.indices("val", labelled_only=True)
     optimizer = torch.optim.AdamW(
         [p for p in task.model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
     )
-    start_epoch, best_score, best_epoch, bad_epochs, history = 0, -math.inf, -1, 0, []
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: budget.lr_factor(step, cfg.schedule))
+    state = {"epoch": -1, "step": 0, "best_key": math.inf, "best_epoch": -1, "best_step": 0, "best_f1": float("nan"),
+             "best_val_loss": math.inf, "history": []}
     if resume and run.last.exists():
         load_weights(task.model, run.last)
-        info = load_training_state(run.last_state, optimizer)
-        start_epoch, best_score, best_epoch = info["epoch"] + 1, info["best_score"], info["best_epoch"]
-        bad_epochs, history = info["bad_epochs"], info["history"]
-        fabric.print(f"resuming {run.path} at epoch {start_epoch}")
+        state = load_training_state(run.last_state, optimizer, scheduler)
+        fabric.print(f"resuming {run.path} at epoch {state['epoch'] + 2}")
+    history = state["history"]
     task.model, optimizer = fabric.setup(task.model, optimizer)
     with_privileged = task.needs_privileged
 
@@ -122,7 +138,7 @@ def fit(fabric: Fabric, task: DistillTask, data: PreparedData, train_idx: np.nda
     sampler = DistributedSampler(
         dataset, num_replicas=fabric.world_size, rank=fabric.global_rank, shuffle=True, seed=cfg.seed
     )
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=passthrough,
+    loader = DataLoader(dataset, batch_size=budget.batch_size, sampler=sampler, collate_fn=passthrough,
                         num_workers=cfg.num_workers)
     # Not fabric.setup_dataloaders: its wrapper calls sampler.set_epoch(number of passes so far), which would
     # replay epoch 0's order after a resume; we set the epoch ourselves and move batches with fabric.to_device.
@@ -130,19 +146,21 @@ def fit(fabric: Fabric, task: DistillTask, data: PreparedData, train_idx: np.nda
     show = cfg.progress and fabric.is_global_zero
 
     stopped_early = False
-    epoch = start_epoch - 1
-    for epoch in range(start_epoch, cfg.epochs):
+    step = state["step"]
+    epoch = state["epoch"]
+    for epoch in range(state["epoch"] + 1, budget.epochs):
         sampler.set_epoch(epoch)
         task.train()
         sums: dict[str, float] = {}
         steps, rows, tic = 0, 0, time.perf_counter()
-        bar = tqdm(total=len(sampler), desc=f"{desc} {epoch + 1}/{cfg.epochs}", unit="row", leave=False,
+        bar = tqdm(total=len(sampler), desc=f"{desc} {epoch + 1}/{budget.epochs}", unit="row", leave=False,
                    disable=not show, dynamic_ncols=True)
         for batch in loader:
             out = task(fabric.to_device(batch))
             optimizer.zero_grad(set_to_none=True)
             fabric.backward(out["loss"])
             optimizer.step()
+            scheduler.step()
             for key, value in out.items():
                 if key != "logits":
                     sums[key] = sums.get(key, 0.0) + float(value.detach())
@@ -151,34 +169,36 @@ def fit(fabric: Fabric, task: DistillTask, data: PreparedData, train_idx: np.nda
             bar.update(len(batch["index"]))
             bar.set_postfix(loss=f"{float(out['loss'].detach()):.4f}")
         bar.close()
+        step += steps
         elapsed = time.perf_counter() - tic
 
         preds = predict(task.model, data, val_idx, with_privileged=task.model_takes_privileged)
         val = evaluate_logits(data, preds["logits"], eval_split="val", tune_split="val", by_group=False)
-        score = val["mean_f1"]
+        val_loss = validation_loss(data, preds["logits"])
+        key = val_loss if cfg.select == "val_loss" else -val["mean_f1"]
         record = {f"train/{k}": v / max(steps, 1) for k, v in sums.items()}
-        record |= {"val/mean_f1": score, "epoch": epoch, "rows_per_s": rows * fabric.world_size / max(elapsed, 1e-9)}
+        record |= {"val/loss": val_loss, "val/mean_f1": val["mean_f1"], "epoch": epoch, "step": step,
+                   "lr": scheduler.get_last_lr()[0], "rows_per_s": rows * fabric.world_size / max(elapsed, 1e-9)}
         record |= {f"val/f1/{t}": m["f1"] for t, m in val["tasks"].items()}
         history.append(record)
         if fabric.is_global_zero:
             for logger in loggers:
-                logger.log_metrics(record, step=epoch)
-        improved = score > best_score
+                logger.log_metrics(record, step=step)
+        improved = key < state["best_key"]
         if improved:
-            best_score, best_epoch, bad_epochs = score, epoch, 0
+            state |= {"best_key": key, "best_epoch": epoch, "best_step": step, "best_f1": val["mean_f1"],
+                      "best_val_loss": val_loss}
             if fabric.is_global_zero:
                 save_weights(unwrap(task.model), run.best)
-        else:
-            bad_epochs += 1
+        state |= {"epoch": epoch, "step": step, "history": history}
         if fabric.is_global_zero:
             save_weights(unwrap(task.model), run.last)
-            save_training_state(run.last_state, optimizer, {
-                "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                "history": history})
+            save_training_state(run.last_state, optimizer, state, scheduler)
         if show:
-            tqdm.write(f"{desc} epoch {epoch + 1}: loss {record.get('train/loss', float('nan')):.4f} "
-                       f"val F1 {score:.4f}{' *' if improved else ''} ({record['rows_per_s']:.0f} rows/s)")
-        if bad_epochs >= cfg.patience:
+            tqdm.write(f"{desc} epoch {epoch + 1}/{budget.epochs} (step {step}): loss "
+                       f"{record.get('train/loss', float('nan')):.4f} val loss {val_loss:.4f} val F1 "
+                       f"{val['mean_f1']:.4f}{' *' if improved else ''} ({record['rows_per_s']:.0f} rows/s)")
+        if step - state["best_step"] >= budget.patience_steps and step >= budget.min_steps:
             stopped_early = True
             break
     # Replicas must hold identical weights; a mismatch means a broken data-parallel setup, so say it loudly.
@@ -193,9 +213,10 @@ def fit(fabric: Fabric, task: DistillTask, data: PreparedData, train_idx: np.nda
     if run.best.exists():
         load_weights(task.model, run.best)
     if fabric.is_global_zero:
-        atomic_write_json(run.history_file, {"epochs": history, "rank_weight_checksums": checksums,
-                                             "world_size": fabric.world_size})
-    return FitResult(best_epoch, best_score, epoch + 1, stopped_early, history)
+        atomic_write_json(run.history_file, {"epochs": history, "budget": budget.to_json(),
+                                             "rank_weight_checksums": checksums, "world_size": fabric.world_size})
+    return FitResult(state["best_epoch"], state["best_f1"], state["best_val_loss"], epoch + 1, step, stopped_early,
+                     budget.to_json(), history)
 
 
 def _checksum(model: nn.Module) -> torch.Tensor:

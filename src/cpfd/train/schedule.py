@@ -79,7 +79,7 @@ def fit_teacher(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, res
             desc=f"fold {k + 1}/{len(folds)}")
     metrics = {}
     if fabric.is_global_zero:
-        metrics = teacher_report(data, teacher_targets(run, data, log), fit_result)
+        metrics = teacher_report(data, teacher_targets(run, data, log)) | fit_summary(fit_result)
         atomic_write_json(run.metrics_file, metrics)
     fabric.barrier()
     return metrics
@@ -129,13 +129,18 @@ def distill(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, teacher
     metrics = {}
     if fabric.is_global_zero:
         metrics = evaluate_student(data, student)
-        metrics |= {"role": "student", "method": cfg.distill.method, "best_epoch": result.best_epoch,
-                    "best_val_f1": result.best_score, "epochs_run": result.epochs_run, "train_rows": int(len(rows))}
+        metrics |= {"role": "student", "method": cfg.distill.method, **fit_summary(result), "train_rows": len(rows)}
         if targets is not None:
             metrics["weights"] = weight_diagnostics(task, data, targets, rows)
         atomic_write_json(run.metrics_file, metrics)
     fabric.barrier()
     return metrics
+
+
+def fit_summary(result) -> dict:
+    return {"best_epoch": result.best_epoch, "best_val_f1": result.best_score, "best_val_loss": result.best_val_loss,
+            "epochs_run": result.epochs_run, "steps_run": result.steps_run, "stopped_early": result.stopped_early,
+            "budget": result.budget}
 
 
 def evaluate_student(data: PreparedData, student) -> dict:

@@ -75,7 +75,7 @@ def in_sample_confidence(targets: TeacherTargets, data: PreparedData) -> dict[st
     return out
 
 
-def teacher_report(data: PreparedData, targets: TeacherTargets, fit_result=None) -> dict:
+def teacher_report(data: PreparedData, targets: TeacherTargets) -> dict:
     raw = evaluate_logits(data, targets.logits)
     calibrated = evaluate_logits(data, targets.logits, temperatures=targets.temperatures)
     report = {
@@ -88,7 +88,4 @@ def teacher_report(data: PreparedData, targets: TeacherTargets, fit_result=None)
         },
         "train_true_class_confidence": in_sample_confidence(targets, data),
     }
-    if fit_result is not None:
-        report |= {"best_epoch": fit_result.best_epoch, "best_val_f1": fit_result.best_score,
-                   "epochs_run": fit_result.epochs_run}
     return report
