@@ -70,7 +70,10 @@ def test_compare_writes_report_results_and_plots(tmp_path):
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
     arms = set(results["arms"])
-    assert {"baseline", "self_distill", "pfd", "cpfd", "teacher", "pfd_labelled", "cpfd_labelled", "cpfd_norm"} == arms
+    references = {"logreg_student", "logreg_privileged"}
+    assert {"baseline", "self_distill", "pfd", "cpfd", "teacher", "pfd_labelled", "cpfd_labelled", "cpfd_norm"} == arms - references
+    assert references <= arms and results["arms"]["teacher"]["vs_reference"]["reference"] == "logreg_privileged"
+    assert results["arms"]["baseline"]["vs_reference"]["reference"] == "logreg_student"
     assert len(results["arms"]["cpfd"]["mean_f1"]["values"]) == 2
     for png in ("f1_by_arm.png", "cpfd_weights.png", "teacher_reliability.png"):
         assert (out / png).stat().st_size > 1000
@@ -91,7 +94,7 @@ def test_report_rebuilds_from_seeds_run_separately(tmp_path):
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
     assert results["options"]["seeds"] == 2 and set(results["arms"]) == {"baseline", "self_distill", "pfd", "cpfd",
-                                                                         "teacher"}
+                                                                         "teacher", "logreg_student", "logreg_privileged"}
     assert len(results["arms"]["pfd"]["mean_f1"]["values"]) == 2 and (out / "report.md").exists()
 
 

@@ -25,10 +25,11 @@ from cpfd.data.prepared import PreparedData
 from cpfd.errors import CpfdError
 from cpfd.evaluate import plots
 from cpfd.evaluate.metrics import gap_closed
+from cpfd.evaluate.references import reference_metrics
 from cpfd.evaluate.report import markdown_report
 from cpfd.distill.targets import load_targets
 from cpfd.io import atomic_write_json
-from cpfd.runs import CompareFolder
+from cpfd.runs import CompareFolder, RunFolder
 from cpfd.train.loop import make_fabric
 from cpfd.train.schedule import distill, fit_teacher
 
@@ -92,6 +93,7 @@ def run_compare(data: PreparedData, cfg: RunConfig, out_dir: str | Path, opts: C
     arms = plan_arms(data, cfg, opts)
     teacher_arm = next(a for a in arms if a.name == "teacher")
     fabric = make_fabric(cfg.train)
+    references = reference_metrics(data) if fabric.is_global_zero else {}
     for s in range(opts.seeds):
         seed = cfg.train.seed + s
         base = cfg.model_copy(deep=True)
@@ -113,9 +115,19 @@ def run_compare(data: PreparedData, cfg: RunConfig, out_dir: str | Path, opts: C
             log(f"[seed {seed}] {arm.name}: {arm.description}")
             distill(data, a_cfg, folder.arm(seed, arm.name).path, fabric, teachers.get(arm.teacher), log=log,
                     extra={"arm": asdict(arm)})
+        # Deterministic given the data: fitted once, recorded beside every seed so each seed folder is complete.
+        for k, (name, ref) in enumerate(references.items()):
+            arm = Arm(name, None, {}, ref["description"], order=len(arms) + k)
+            write_reference(folder.arm(seed, name), data, arm, {"test": ref["test"], "val": ref["val"]})
     results = collect(data, folder, seeds=[cfg.train.seed + s for s in range(opts.seeds)])
     atomic_write_json(folder.results_file, results)
     return results
+
+
+def write_reference(run: RunFolder, data: PreparedData, arm: Arm, metrics: dict) -> None:
+    atomic_write_json(run.run_file, {"role": "reference", "dataset": str(data.root), "arm": asdict(arm),
+                                     "skipped_rows": [asdict(row) for row in data.skipped]})
+    atomic_write_json(run.metrics_file, {"role": "reference", **metrics})
 
 
 def collect(data: PreparedData, folder: CompareFolder, seeds: list[int] | None = None) -> dict:
@@ -131,7 +143,8 @@ def collect(data: PreparedData, folder: CompareFolder, seeds: list[int] | None =
             if arm is None or not run.metrics_file.exists():
                 continue
             arms.setdefault(arm["name"], arm)
-            configs.setdefault(arm["name"], run.config.distill.model_dump(mode="json"))
+            if run.config_file.exists():
+                configs.setdefault(arm["name"], run.config.distill.model_dump(mode="json"))
             per_seed.setdefault(arm["name"], {})[seed] = run.metrics()
             skipped = run.info.get("skipped_rows", [])
     if not {"baseline", "teacher"} <= set(arms):
@@ -144,7 +157,7 @@ def collect(data: PreparedData, folder: CompareFolder, seeds: list[int] | None =
     results = summarise(data, [Arm(**arms[a]) for a in order], per_seed)
     for name in order:
         results["arms"][name]["teacher_source"] = arms[name]["teacher"]
-        if name != "teacher":
+        if name in configs and name != "teacher":
             results["arms"][name]["distill_config"] = configs[name]
     return results | {"dataset_path": str(data.root), "options": {"seeds": len(seeds), "seed_values": seeds},
                       "skipped_rows": skipped}
@@ -212,6 +225,10 @@ def summarise(data: PreparedData, arms: list[Arm], per_seed: dict[str, dict[int,
         entry["gap_closed"]["mean_of_tasks"] = float(np.mean(per_task)) if per_task else None
         entry["gap_closed"]["mean_f1"] = (gap_closed(entry["mean_f1"]["mean"], base["mean_f1"]["mean"],
                                                      teacher["mean_f1"]["mean"]) if gap_is_real else None)
+    for arm, reference in (("teacher", "logreg_privileged"), ("baseline", "logreg_student")):
+        if reference in summary:
+            summary[arm]["vs_reference"] = {"reference": reference,
+                                            **paired_difference(series(arm), series(reference))}
     teacher_runs = per_seed["teacher"]
     calibration = {t: {k: _stats([r["calibration"][t][k] for r in teacher_runs.values()])["mean"]
                        for k in ("temperature", "test_ece_before", "test_ece_after")} for t in tasks}

@@ -72,7 +72,14 @@ def verdict_lines(results: dict) -> list[str]:
                 "not enough seeds": "not enough seeds to compare CPFD with PFD (needs ≥ 3)"}[cpfd["verdict"]]
         lines.append(f"**CPFD vs PFD:** mean F1 difference {cpfd['mean']:+.4f} ± {cpfd['se']:.4f} (paired s.e., "
                      f"{cpfd['n']} seeds) — {word}.")
-    below = [a for a, e in results["arms"].items() if a not in CORE_ARMS and e["vs_baseline"]["verdict"] == "worse"]
+    for arm in CORE_ARMS:
+        ref = results["arms"][arm].get("vs_reference")
+        if ref and (ref["verdict"] == "worse" or (ref["verdict"] == "not enough seeds" and ref["mean"] < 0)):
+            sure = "" if ref["verdict"] == "worse" else " (too few seeds to tell from noise)"
+            lines.append(f"**Warning: the {arm} is below its simple reference** ({ref['reference']}): "
+                         f"{ref['mean']:+.4f} ± {ref['se']:.4f} paired s.e.{sure}.")
+    below = [a for a, e in results["arms"].items() if a not in CORE_ARMS and not a.startswith("logreg_")
+             and e["vs_baseline"]["verdict"] == "worse"]
     if below:
         lines.append(f"**Below the baseline** (≥ 2 paired s.e.): {', '.join(below)}.")
     worse_ece = [t for t, c in results["teacher_calibration"].items() if c["test_ece_after"] > c["test_ece_before"]]

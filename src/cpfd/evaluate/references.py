@@ -1,0 +1,123 @@
+"""Simple-model references for every comparison: scikit-learn logistic regression on the student's inputs and on
+the student's + privileged inputs, scored exactly like the arms (validation-tuned thresholds, the same metrics).
+
+Video and text become pooled embeddings (the mean of the frame vectors, the masked mean of the text tokens);
+privileged missing values become the train mean plus a missing-indicator column. The regularisation strength is
+chosen per task on the validation split (log-loss), never on test. A teacher below its reference, or a baseline
+student below its own, is a model that has not learnt what a linear model gets from the same inputs.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from cpfd.data.prepared import PreparedData
+from cpfd.evaluate.evaluation import evaluate_logits
+
+C_GRID = (0.01, 0.1, 1.0, 10.0)
+REFERENCES = {
+    "logreg_student": ("student", "logistic regression on the student inputs (pooled embeddings)"),
+    "logreg_privileged": ("privileged", "logistic regression on the student + privileged inputs"),
+}
+
+
+def student_matrix(data: PreparedData) -> np.ndarray | None:
+    """Student inputs as one row vector each; None in end-to-end mode (no embeddings to pool)."""
+    inputs = data.student_inputs
+    if "pixels" in inputs or "text_ids" in inputs:
+        return None
+    parts = []
+    if "features" in inputs:
+        parts.append(inputs["features"].numpy())
+    if "frames" in inputs:
+        mask = inputs["frames_mask"].float().unsqueeze(-1)
+        parts.append(((inputs["frames"] * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy())
+    if "text" in inputs:
+        mask = inputs["text_mask"].float().unsqueeze(-1)
+        parts.append(((inputs["text"] * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy())
+    return np.concatenate(parts, axis=1).astype(np.float64)
+
+
+def privileged_matrix(data: PreparedData, train: np.ndarray) -> np.ndarray:
+    values = data.privileged.numpy().astype(np.float64)
+    missing = np.isnan(values)
+    means = np.nan_to_num(np.nanmean(np.where(missing[train], np.nan, values[train]), axis=0)) if len(train) else 0
+    filled = np.where(missing, means, values)
+    indicators = missing[:, missing.any(axis=0)].astype(np.float64)
+    return np.concatenate([filled, indicators], axis=1)
+
+
+def _fit_binary(x: np.ndarray, y: np.ndarray, train: np.ndarray, val: np.ndarray) -> np.ndarray:
+    """Decision values for every row from the C with the lowest validation log-loss."""
+    if len(np.unique(y[train])) < 2:
+        p = float(np.clip(y[train].mean() if len(train) else 0.5, 1e-6, 1 - 1e-6))
+        return np.full(len(x), np.log(p / (1 - p)))
+    best, best_loss = None, np.inf
+    for c in C_GRID:
+        model = LogisticRegression(C=c, max_iter=2000)
+        model.fit(x[train], y[train])
+        z = model.decision_function(x[val])
+        loss = float(np.mean(np.logaddexp(0, z) - y[val] * z)) if len(val) else 0.0
+        if loss < best_loss:
+            best, best_loss = model, loss
+    return best.decision_function(x)
+
+
+def _fit_multiclass(x: np.ndarray, y: np.ndarray, n_classes: int, train: np.ndarray, val: np.ndarray) -> np.ndarray:
+    best, best_loss = None, np.inf
+    for c in C_GRID:
+        model = LogisticRegression(C=c, max_iter=2000)
+        model.fit(x[train], y[train])
+        logp = model.predict_log_proba(x[val])
+        cols = {k: j for j, k in enumerate(model.classes_)}
+        loss = -float(np.mean([logp[i, cols[k]] if k in cols else -30.0 for i, k in enumerate(y[val])])) if len(val) else 0
+        if loss < best_loss:
+            best, best_loss = model, loss
+    out = np.full((len(x), n_classes), -30.0)
+    out[:, best.classes_] = best.predict_log_proba(x)
+    return out
+
+
+def reference_logits(data: PreparedData, x: np.ndarray) -> dict[str, torch.Tensor]:
+    """Per task, logits for every row from logistic regressions fitted on labelled train rows."""
+    logits = {}
+    for task in data.tasks:
+        mask = data.label_mask[task.name].numpy()
+        train = np.flatnonzero((data.split == "train") & mask)
+        val = np.flatnonzero((data.split == "val") & mask)
+        scaler = StandardScaler().fit(x[train])
+        z = scaler.transform(x)
+        y = data.labels[task.name].numpy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            if task.kind.per_label:
+                out = np.stack([_fit_binary(z, y[:, k], train, val) for k in range(y.shape[1])], axis=1)
+            elif task.n_outputs == 1:
+                out = _fit_binary(z, y, train, val)[:, None]
+            else:
+                out = _fit_multiclass(z, y.astype(int), task.n_outputs, train, val)
+        logits[task.name] = torch.from_numpy(out.astype(np.float32))
+    return logits
+
+
+def reference_metrics(data: PreparedData) -> dict[str, dict]:
+    """``{name: {"test": ..., "val": ..., "description": ...}}`` for the references that apply to ``data``."""
+    student = student_matrix(data)
+    if student is None:
+        return {}
+    train = data.indices("train")
+    inputs = {"student": student, "privileged": np.concatenate([student, privileged_matrix(data, train)], axis=1)}
+    out = {}
+    for name, (which, description) in REFERENCES.items():
+        if which == "privileged" and not data.privileged_names:
+            continue
+        logits = reference_logits(data, inputs[which])
+        out[name] = {"test": evaluate_logits(data, logits), "val": evaluate_logits(data, logits, "val"),
+                     "description": description}
+    return out
