@@ -169,6 +169,24 @@ def test_temperature_scaling_recovers_known_temperature():
     assert abs(fit_temperature(z, y, "multiclass") - 1.0) < 0.05
 
 
+def test_temperature_is_kept_only_when_it_helps_on_held_out_rows():
+    from cpfd.distill.calibration import choose_temperature
+
+    gen = torch.Generator().manual_seed(1)
+    z = torch.randn(4000, 4, generator=gen) * 1.5
+    y = torch.multinomial(torch.softmax(z, -1), 1, generator=gen).squeeze(-1)
+    folds = np.arange(4000) % 2
+    over = choose_temperature(3 * z, y, "multiclass", folds)  # over-confident by T = 3 on both folds: kept
+    assert over["kept"] and abs(over["temperature"] - 3.0) < 0.2
+    assert over["heldout_nll_after"] < over["heldout_nll_before"]
+    # Fold 0 over-confident (3z), fold 1 under-confident (z/3): a temperature fitted on one fold hurts the other,
+    # so the cross-fitted held-out NLL is worse than the uncalibrated teacher's and T stays 1.
+    mixed = torch.where(torch.from_numpy(folds == 0).unsqueeze(-1), 3 * z, z / 3)
+    choice = choose_temperature(mixed, y, "multiclass", folds)
+    assert not choice["kept"] and choice["temperature"] == 1.0
+    assert choice["heldout_nll_after"] >= choice["heldout_nll_before"]
+
+
 def test_best_threshold_and_f1():
     y, s = np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])
     # F1 at thresholds 0.1/0.35/0.4/0.8 = 0.667/0.8/0.5/0.667

@@ -87,7 +87,10 @@ def test_run_folder_contents(fitted):
     assert w["mean_weight_teacher_wrong"] < w["mean_weight_teacher_correct"]
     assert set(metrics["test"]["groups"]) == {"feed", "search"}
     teacher = json.loads((root / "teacher" / "metrics.json").read_text())
-    assert set(teacher["calibration"]["spam"]) == {"temperature", "test_ece_before", "test_ece_after"}
+    assert set(teacher["calibration"]["spam"]) >= {"temperature", "test_ece_before", "test_ece_after", "kept",
+                                                   "heldout_nll_before", "heldout_nll_after"}
+    c = teacher["calibration"]["spam"]
+    assert c["kept"] == (c["heldout_nll_after"] < c["heldout_nll_before"]) and (c["kept"] or c["temperature"] == 1.0)
 
 
 def test_unlabelled_rows_are_distilled_but_not_in_the_baseline(fitted):

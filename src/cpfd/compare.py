@@ -230,8 +230,8 @@ def summarise(data: PreparedData, arms: list[Arm], per_seed: dict[str, dict[int,
             summary[arm]["vs_reference"] = {"reference": reference,
                                             **paired_difference(series(arm), series(reference))}
     teacher_runs = per_seed["teacher"]
-    calibration = {t: {k: _stats([r["calibration"][t][k] for r in teacher_runs.values()])["mean"]
-                       for k in ("temperature", "test_ece_before", "test_ece_after")} for t in tasks}
+    calibration = {t: {k: _stats([float(r["calibration"][t].get(k, 1.0)) for r in teacher_runs.values()])["mean"]
+                       for k in ("temperature", "test_ece_before", "test_ece_after", "kept")} for t in tasks}
     verdict = None
     if "cpfd" in summary and "pfd" in summary:
         verdict = {"cpfd_minus_pfd": summary["cpfd"]["vs_pfd"]["mean"], **summary["cpfd"]["vs_pfd"]}

@@ -107,6 +107,16 @@ class PreparedData:
     def task(self, name: str) -> TaskInfo:
         return next(t for t in self.tasks if t.name == name)
 
+    def id_fraction(self) -> np.ndarray:
+        """A number in [0, 1) per row from its id alone: stable under row order, sharding and other rows."""
+        return np.array([int(hashlib.sha1(str(i).encode()).hexdigest()[:8], 16) / 2**32 for i in self.ids])
+
+    def calibration_rows(self, share: float) -> np.ndarray:
+        """The validation rows held out from teacher selection to fit its temperature (``share`` of them; all of
+        validation when ``share`` is 0)."""
+        val = self.split == "val"
+        return val & (self.id_fraction() < share) if share > 0 else val
+
 
 class _Collector:
     def __init__(self, df: pd.DataFrame, id_column: str | None):

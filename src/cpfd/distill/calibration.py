@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -34,3 +35,31 @@ def fit_temperature(logits: Tensor, labels: Tensor, task_type: str | TaskType, m
     opt.step(closure)
     t = float(log_t.detach().exp())
     return t if math.isfinite(t) else 1.0
+
+
+def temperature_nll(logits: Tensor, labels: Tensor, task_type: str | TaskType, temperature: float) -> float:
+    """Mean negative log-likelihood of ``labels`` under ``logits / temperature``."""
+    if logits.shape[0] == 0:
+        return 0.0
+    with torch.no_grad():
+        return float(as_task_type(task_type).hard_loss(logits.double() / temperature, labels).mean())
+
+
+def choose_temperature(logits: Tensor, labels: Tensor, task_type: str | TaskType, folds: np.ndarray) -> dict:
+    r"""Temperature scaling that is kept only if it helps on data it was not fitted on.
+
+    With the calibration rows split into two folds, :math:`T_k` is fitted on fold :math:`1-k` and scored on fold
+    :math:`k`; the cross-fitted held-out NLL is compared with the uncalibrated teacher's (:math:`T = 1`). If it is
+    not lower, the teacher stays uncalibrated; otherwise the temperature is refitted on all calibration rows.
+    """
+    base = temperature_nll(logits, labels, task_type, 1.0)
+    crossed, n = 0.0, max(len(folds), 1)
+    for k in (0, 1):
+        held, fit = folds == k, folds != k
+        t = fit_temperature(logits[torch.from_numpy(fit)], labels[torch.from_numpy(fit)], task_type)
+        crossed += temperature_nll(logits[torch.from_numpy(held)], labels[torch.from_numpy(held)], task_type, t) * int(held.sum())
+    crossed /= n
+    fitted = fit_temperature(logits, labels, task_type)
+    kept = bool(len(folds) >= 2 and crossed < base)
+    return {"temperature": fitted if kept else 1.0, "fitted": fitted, "kept": kept,
+            "heldout_nll_before": base, "heldout_nll_after": crossed}

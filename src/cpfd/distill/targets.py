@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,6 +27,7 @@ class TeacherTargets:
     logits: dict[str, torch.Tensor]
     embedding: torch.Tensor
     temperatures: dict[str, float]
+    calibration: dict[str, dict] = field(default_factory=dict)  # how each temperature was chosen
 
 
 def cache_key(checkpoints: list[Path], fingerprint: str) -> str:
@@ -53,7 +54,8 @@ def _checksum(tensors: dict[str, torch.Tensor]) -> str:
 
 def save_targets(path: Path, targets: TeacherTargets, key: str) -> None:
     tensors = _tensors(targets)
-    meta = {"key": key, "temperatures": json.dumps(targets.temperatures), "sha256": _checksum(tensors)}
+    meta = {"key": key, "temperatures": json.dumps(targets.temperatures), "calibration": json.dumps(targets.calibration),
+            "sha256": _checksum(tensors)}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
@@ -72,7 +74,8 @@ def load_targets(path: Path) -> TeacherTargets:
     if "sha256" not in meta or _checksum(tensors) != meta["sha256"]:
         raise CorruptCacheError(f"{path}: content does not match its checksum")
     logits = {name.split("/", 1)[1]: z for name, z in tensors.items() if name.startswith("logits/")}
-    return TeacherTargets(logits, tensors["embedding"], json.loads(meta["temperatures"]))
+    return TeacherTargets(logits, tensors["embedding"], json.loads(meta["temperatures"]),
+                          json.loads(meta.get("calibration", "{}")))
 
 
 def cached_key(path: Path) -> str | None:

@@ -22,8 +22,10 @@ def evaluate_logits(
     tune_split: str = "val",
     temperatures: dict[str, float] | None = None,
     by_group: bool = True,
+    within: np.ndarray | None = None,
 ) -> dict:
-    """Per-task metrics on ``eval_split`` with thresholds tuned on ``tune_split``; ``logits`` cover every row.
+    """Per-task metrics on ``eval_split`` with thresholds tuned on ``tune_split``; ``logits`` cover every row;
+    ``within`` (a boolean mask over rows) restricts both, e.g. to the validation rows a teacher is selected on.
 
     Returns ``{"tasks": {task: metrics}, "mean_f1": float, "groups": {group: {"tasks":..., "mean_f1":...}},
     "group_f1_spread": float}``.
@@ -37,9 +39,9 @@ def evaluate_logits(
         probs = kind.probs(logits[task.name].float(), temperatures.get(task.name, 1.0)).numpy()
         probs_all[task.name] = probs
         labels = data.labels[task.name].numpy()
-        tune = _rows(data, tune_split, task.name)
+        tune = _rows(data, tune_split, task.name, within)
         thresholds[task.name] = kind.tune_thresholds(probs[tune], labels[tune])
-        ev = _rows(data, eval_split, task.name)
+        ev = _rows(data, eval_split, task.name, within)
         result["tasks"][task.name] = kind.metrics(probs[ev], labels[ev], thresholds[task.name])
     result["mean_f1"] = float(np.nanmean([m["f1"] for m in result["tasks"].values()]))
     if by_group and data.groups is not None:

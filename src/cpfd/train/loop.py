@@ -101,25 +101,32 @@ def to_device(obj, device):
     return obj
 
 
-def validation_loss(data: PreparedData, logits: dict[str, torch.Tensor]) -> float:
+def validation_loss(data: PreparedData, logits: dict[str, torch.Tensor], within: np.ndarray | None = None) -> float:
     """The hard loss on labelled validation rows, averaged per task and summed over tasks (as in training)."""
     total = 0.0
     for task in data.tasks:
-        rows = torch.from_numpy(np.flatnonzero((data.split == "val") & data.label_mask[task.name].numpy()))
+        keep = (data.split == "val") & data.label_mask[task.name].numpy()
+        if within is not None:
+            keep &= within
+        rows = torch.from_numpy(np.flatnonzero(keep))
         if len(rows):
             total += float(task.kind.hard_loss(logits[task.name][rows], data.labels[task.name][rows]).mean())
     return total
 
 
 def fit(fabric: Fabric, task: DistillTask, data: PreparedData, train_idx: np.ndarray, cfg: TrainConfig,
-        run: RunFolder, *, resume: bool = False, desc: str = "train") -> FitResult:
+        run: RunFolder, *, resume: bool = False, desc: str = "train", select_within: np.ndarray | None = None
+        ) -> FitResult:
     """Train ``task.model`` on ``train_idx`` with ``task(batch)["loss"]`` under the budget of
     :mod:`cpfd.train.budget`; the best checkpoint by validation loss (or F1, ``train.select``) is restored.
+    ``select_within`` (a row mask) restricts the validation rows that select it (teachers keep a calibration slice).
 
     Only ``task.model`` is set up by Fabric (wrapped for DDP); a teacher inside the task never is.
     """
     budget = plan_budget(cfg, len(train_idx), fabric.world_size)
     val_idx = data.indices("val", labelled_only=True)
+    if select_within is not None:
+        val_idx = val_idx[select_within[val_idx]]
     optimizer = torch.optim.AdamW(
         [p for p in task.model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
     )
@@ -173,8 +180,9 @@ def fit(fabric: Fabric, task: DistillTask, data: PreparedData, train_idx: np.nda
         elapsed = time.perf_counter() - tic
 
         preds = predict(task.model, data, val_idx, with_privileged=task.model_takes_privileged)
-        val = evaluate_logits(data, preds["logits"], eval_split="val", tune_split="val", by_group=False)
-        val_loss = validation_loss(data, preds["logits"])
+        val = evaluate_logits(data, preds["logits"], eval_split="val", tune_split="val", by_group=False,
+                              within=select_within)
+        val_loss = validation_loss(data, preds["logits"], select_within)
         key = val_loss if cfg.select == "val_loss" else -val["mean_f1"]
         record = {f"train/{k}": v / max(steps, 1) for k, v in sums.items()}
         record |= {"val/loss": val_loss, "val/mean_f1": val["mean_f1"], "epoch": epoch, "step": step,

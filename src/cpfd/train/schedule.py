@@ -66,9 +66,12 @@ def fit_teacher(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, res
     if fabric.is_global_zero:
         _write_run(run, cfg, data, "teacher", extra)
     labelled = data.indices("train", labelled_only=True)
+    # Teachers are selected on validation rows outside the calibration slice their temperature is fitted on.
+    select = ~data.calibration_rows(cfg.teacher.calibration_share) if cfg.teacher.calibration_share > 0 else None
     fabric.seed_everything(cfg.train.seed, verbose=False)
     task = DistillTask(build_teacher(data, cfg), _labels_only(cfg, data), model_takes_privileged=True)
-    fit_result = fit(fabric, task, data, labelled, cfg.train, run, resume=resume, desc="teacher")
+    fit_result = fit(fabric, task, data, labelled, cfg.train, run, resume=resume, desc="teacher",
+                     select_within=select)
     folds = fold_assignment(data, cfg) if cfg.teacher.oof_folds >= 2 else []
     if fabric.is_global_zero and folds:
         atomic_write_json(run.folds_file, [data.ids[rows].tolist() for rows in folds])
@@ -76,7 +79,7 @@ def fit_teacher(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, res
         fabric.seed_everything(cfg.train.seed + 1000 * (k + 1), verbose=False)
         fold_task = DistillTask(build_teacher(data, cfg), _labels_only(cfg, data), model_takes_privileged=True)
         fit(fabric, fold_task, data, np.setdiff1d(labelled, held_out), cfg.train, run.fold(k), resume=resume,
-            desc=f"fold {k + 1}/{len(folds)}")
+            desc=f"fold {k + 1}/{len(folds)}", select_within=select)
     metrics = {}
     if fabric.is_global_zero:
         metrics = teacher_report(data, teacher_targets(run, data, log)) | fit_summary(fit_result)

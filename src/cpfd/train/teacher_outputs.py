@@ -14,7 +14,7 @@ from torch import nn
 
 from cpfd.data.prepared import PreparedData
 from cpfd.distill import targets as cache
-from cpfd.distill.calibration import fit_temperature
+from cpfd.distill.calibration import choose_temperature
 from cpfd.distill.confidence import true_class
 from cpfd.distill.probs import task_probs
 from cpfd.distill.targets import TeacherTargets
@@ -27,8 +27,10 @@ Log = Callable[[str], None]
 
 
 def compute_targets(teacher: nn.Module, data: PreparedData, folds: list[tuple[nn.Module, np.ndarray]] | None = None,
-                    calibrate: bool = True) -> TeacherTargets:
-    """Teacher logits and fused embedding for every row; fold teachers overwrite their held-out rows."""
+                    calibrate: bool = True, calibration_share: float = 0.5) -> TeacherTargets:
+    """Teacher logits and fused embedding for every row; fold teachers overwrite their held-out rows. The
+    temperature is fitted on the calibration slice of validation and kept only if it lowers the cross-fitted
+    held-out NLL (:func:`cpfd.distill.calibration.choose_temperature`)."""
     everything = np.arange(len(data))
     out = predict(teacher, data, everything, with_privileged=True)
     for fold_teacher, rows in folds or []:
@@ -36,13 +38,21 @@ def compute_targets(teacher: nn.Module, data: PreparedData, folds: list[tuple[nn
         for task in out["logits"]:
             out["logits"][task][rows] = fold_out["logits"][task][rows]
         out["embedding"][rows] = fold_out["embedding"][rows]
-    temperatures = {}
+    temperatures, report = {}, {}
+    calib = data.calibration_rows(calibration_share)
+    fraction = data.id_fraction()
     for task in data.tasks:
-        val = data.indices("val")
-        val = val[data.label_mask[task.name].numpy()[val]]
-        temperatures[task.name] = (fit_temperature(out["logits"][task.name][val], data.labels[task.name][val],
-                                                   task.kind) if calibrate else 1.0)
-    return TeacherTargets(out["logits"], out["embedding"], temperatures)
+        rows = np.flatnonzero(calib & data.label_mask[task.name].numpy())
+        if not calibrate:
+            temperatures[task.name] = 1.0
+            continue
+        # Two folds inside the slice, from the same id hash: each row is held out once.
+        scale = calibration_share if calibration_share > 0 else 1.0
+        folds = (fraction[rows] / scale * 2).astype(int).clip(0, 1)
+        choice = choose_temperature(out["logits"][task.name][rows], data.labels[task.name][rows], task.kind, folds)
+        temperatures[task.name] = choice["temperature"]
+        report[task.name] = choice | {"rows": len(rows)}
+    return TeacherTargets(out["logits"], out["embedding"], temperatures, report)
 
 
 def teacher_targets(run: RunFolder, data: PreparedData, log: Log = print) -> TeacherTargets:
@@ -58,7 +68,8 @@ def teacher_targets(run: RunFolder, data: PreparedData, log: Log = print) -> Tea
             for k, ids in enumerate(run.folds_ids()):
                 rows = np.array(sorted(position[i] for i in ids if i in position), dtype=np.int64)
                 folds.append((load_teacher(run, data, checkpoints[k + 1]), rows))
-        return compute_targets(teacher, data, folds, calibrate=run.config.teacher.calibrate)
+        t_cfg = run.config.teacher
+        return compute_targets(teacher, data, folds, calibrate=t_cfg.calibrate, calibration_share=t_cfg.calibration_share)
 
     return cache.get_or_build(run.teacher_outputs, cache.cache_key(checkpoints, data.fingerprint), build, log)
 
@@ -83,7 +94,7 @@ def teacher_report(data: PreparedData, targets: TeacherTargets) -> dict:
         "test": raw,
         "calibration": {
             t.name: {"temperature": targets.temperatures[t.name], "test_ece_before": raw["tasks"][t.name]["ece"],
-                     "test_ece_after": calibrated["tasks"][t.name]["ece"]}
+                     "test_ece_after": calibrated["tasks"][t.name]["ece"], **targets.calibration.get(t.name, {})}
             for t in data.tasks
         },
         "train_true_class_confidence": in_sample_confidence(targets, data),
