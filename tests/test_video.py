@@ -292,3 +292,20 @@ def test_non_utf8_title_in_csv_names_row_and_column(tmp_path):
     (folder / "dataset.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(DatasetError, match=r"data.csv, column 'title', row 5: text is not valid UTF-8"):
         load_dataset(folder)
+
+
+def test_long_texts_keep_head_and_tail_and_are_counted(tmp_path):
+    enc = create_encoder("minilm_l6", max_tokens=8)
+    ids, mask = enc.tokenize(["one two three four five six seven eight nine ten", "short"])
+    words = enc.tokenizer.convert_ids_to_tokens(ids[0][mask[0]].tolist())
+    # 8 tokens = [CLS] + 3 head + 3 tail + [SEP]
+    assert words == ["[CLS]", "one", "two", "three", "eight", "nine", "ten", "[SEP]"]
+    assert mask[1].sum() == 3 and enc.token_counts(["one two three", ""]) == [5, 2]
+    head = create_encoder("minilm_l6", max_tokens=8, truncation="head")
+    hid, hmask = head.tokenize(["one two three four five six seven eight nine ten"])
+    assert head.tokenizer.convert_ids_to_tokens(hid[0][hmask[0]].tolist())[-2:] == ["six", "[SEP]"]
+    folder = _video_dataset(tmp_path / "ds", n=8, titles={0: "word " * 40, 1: "word " * 3})
+    logs: list[str] = []
+    data = load_dataset(folder, extract=ExtractConfig(**SMALL), log=logs.append)
+    assert data.extraction["text"]["truncated"] == 1 and data.extraction["text"]["texts"] == 8
+    assert any("1 of 8 texts are longer than max_tokens=16" in m for m in logs)

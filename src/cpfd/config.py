@@ -45,7 +45,10 @@ class ExtractConfig(BaseModel):
     frames_encoder_args: dict = Field(default_factory=dict, description="e.g. {path: /models/vit} for hf_vision")
     text_encoder: str = "minilm_l6"
     text_encoder_args: dict = Field(default_factory=dict)
-    max_tokens: int = Field(32, ge=2, description="text tokens kept (longer texts are truncated)")
+    max_tokens: int = Field(128, ge=4, description="text tokens kept per row (the extraction log says how many "
+                            "texts were longer)")
+    text_truncation: Literal["head", "head_tail"] = Field(
+        "head_tail", description="a longer text keeps its first tokens, or its first and last halves")
     sampling: FrameSampling = Field(default_factory=FrameSampling)
     batch_size: int = Field(32, ge=1, description="frames (or texts) per encoder call")
     workers: int = Field(2, ge=0, description="decoding processes (0: decode in the main process)")

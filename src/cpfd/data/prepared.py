@@ -25,7 +25,6 @@ from cpfd.data.preprocess import (
     SkippedRow,
     apply_media_policy,
     feature_block,
-    make_text_encoder,
     media_problem,
     numeric_block,
     text_value,
@@ -74,6 +73,7 @@ class PreparedData:
     fingerprint: str
     source: pd.DataFrame = field(repr=False)
     skipped: list[SkippedRow] = field(default_factory=list)
+    extraction: dict = field(default_factory=dict)  # what extraction did, e.g. how many texts were truncated
     inputs_spec: dict = field(default_factory=dict)  # the dataset's student-input declaration (for serving)
 
     def __len__(self) -> int:
@@ -102,7 +102,7 @@ class PreparedData:
             privileged=self.privileged[idx], privileged_names=self.privileged_names,
             labels={k: v[idx] for k, v in self.labels.items()}, label_mask={k: v[idx] for k, v in self.label_mask.items()},
             fingerprint=self.fingerprint, source=self.source.iloc[np.flatnonzero(keep)].reset_index(drop=True),
-            skipped=list(self.skipped), inputs_spec=self.inputs_spec)
+            skipped=list(self.skipped), extraction=dict(self.extraction), inputs_spec=self.inputs_spec)
 
     def task(self, name: str) -> TaskInfo:
         return next(t for t in self.tasks if t.name == name)
@@ -332,8 +332,16 @@ def _attach_embeddings(data: PreparedData, spec: DatasetSpec, texts: list[str] |
         data.student_inputs["pixels" if cfg.end_to_end else "frames"] = torch.from_numpy(frames)
         data.student_inputs["frames_mask"] = torch.ones(frames.shape[:2], dtype=torch.bool)
     if texts is not None:
+        counts = pre.text_encoder.token_counts(texts)
+        cut = sum(c > cfg.max_tokens for c in counts)
+        data.extraction["text"] = {"texts": len(texts), "truncated": cut, "max_tokens": cfg.max_tokens,
+                                   "truncation": cfg.text_truncation,
+                                   "median_tokens": float(np.median(counts)) if counts else 0.0}
+        if cut:
+            log(f"extract: {cut} of {len(texts)} texts are longer than max_tokens={cfg.max_tokens} tokens (median "
+                f"{np.median(counts):.0f}) and were cut ({cfg.text_truncation}); raise extract.max_tokens to keep more")
         if cfg.end_to_end:
-            ids, mask = make_text_encoder(cfg).tokenize(texts)
+            ids, mask = pre.text_encoder.tokenize(texts)
             data.student_inputs["text_ids"], data.student_inputs["text_mask"] = ids, mask
             return data
         tokens, mask = extract_text(texts, pre, cache)

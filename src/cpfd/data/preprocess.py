@@ -210,7 +210,8 @@ def make_frame_encoder(cfg: ExtractConfig) -> FrameEncoder:
 
 
 def make_text_encoder(cfg: ExtractConfig) -> TextEncoder:
-    return create_encoder(cfg.text_encoder, max_tokens=cfg.max_tokens, **cfg.text_encoder_args)
+    return create_encoder(cfg.text_encoder, max_tokens=cfg.max_tokens, truncation=cfg.text_truncation,
+                          **cfg.text_encoder_args)
 
 
 def frames_tensor(clips: list[np.ndarray]) -> torch.Tensor:

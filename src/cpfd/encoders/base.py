@@ -43,6 +43,10 @@ class TextEncoder(nn.Module):
         """Token ids (B, L) and mask (B, L); with :meth:`encode_ids` this is the trainable (end-to-end) path."""
         raise NotImplementedError
 
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Tokens each text has before truncation to ``max_tokens`` (reported at extraction)."""
+        raise NotImplementedError
+
     def encode_ids(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         raise NotImplementedError
 

@@ -44,6 +44,7 @@ def _write_run(run: RunFolder, cfg: RunConfig, data: PreparedData, role: str, ex
         "input_shapes": {k: list(v) for k, v in input_shapes(data).items()},
         "privileged_names": data.privileged_names if role == "teacher" else [],
         "skipped_rows": [asdict(row) for row in data.skipped],
+        "extraction": data.extraction,
         "inputs_spec": data.inputs_spec,
         **(extra or {}),
     })
