@@ -85,3 +85,30 @@ def test_teacher_trunk_dropout_zeroes_whole_rows_in_training_only():
     zero_rows = (trunk_part == 0).all(1)
     assert 0.3 < zero_rows.float().mean() < 0.7
     assert not (teacher.eval()(features=x, privileged=d)["embedding"][:, :64] == 0).all(1).any()
+
+
+def test_heavy_tailed_privileged_columns_are_log_scaled():
+    from cpfd.models.teacher import DenseTower
+
+    tower = DenseTower(2, [4], [0, 1], 0.0, 0.0)
+    heavy = torch.tensor([0.0] * 99 + [1000.0])  # skewness ≈ 9.85
+    normal = torch.linspace(-1, 1, 100)
+    tower.fit(torch.stack([heavy, normal], 1))
+    assert tower.log_scale.tolist() == [True, False]
+    # log1p(1000) = 6.9088; mean over 100 rows = 0.069088
+    assert tower.mean[0].item() == pytest.approx(0.069088, abs=1e-5)
+    assert tower.mean[1].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_teacher_auxiliary_loss_adds_the_towers_own_prediction():
+    import math
+
+    from cpfd.config import DistillConfig
+    from cpfd.distill.losses import WithAuxiliary, build_loss
+
+    base = build_loss(DistillConfig(method="none"), {"s": "binary"})
+    loss = WithAuxiliary(base, 0.5)
+    batch = {"labels": {"s": torch.tensor([1.0])}, "label_mask": {"s": torch.tensor([True])}}
+    out = {"logits": {"s": torch.tensor([[0.0]])}, "aux_logits": {"s": torch.tensor([[math.log(3.0)]])}}
+    # ln 2 + 0.5·(−ln 0.75) = 0.693147 + 0.143841
+    assert loss(out, batch)["loss"].item() == pytest.approx(0.836988, abs=1e-5)

@@ -93,6 +93,7 @@ class TeacherConfig(_Strict):
         0.0, ge=0.0, lt=1.0,
         description="probability of zeroing a row's whole trunk vector while training the teacher, so the "
         "privileged path must predict on its own instead of the trunk memorising high-dimensional inputs")
+    aux_weight: float = Field(0.5, ge=0.0, description="weight of the dense tower's own auxiliary loss")
     groups: dict[str, list[str]] | None = Field(
         None, description="privileged groups as name -> column globs; default: one group per column"
     )

@@ -186,6 +186,26 @@ class CPFDLoss(PFDLoss):
         return _masked_mean((1 - w) * ce, mask) + (w * kd).mean()
 
 
+class WithAuxiliary(nn.Module):
+    r"""A teacher's objective: :math:`L = L_{main} + \alpha\, L(\text{aux logits})`, the same loss on the dense
+    tower's own prediction. Reference: auxiliary classifiers on intermediate branches, Szegedy et al.,
+    *Going Deeper with Convolutions*, CVPR 2015 (deep supervision: Lee et al., AISTATS 2015)."""
+
+    distils = False
+
+    def __init__(self, base: nn.Module, weight: float):
+        super().__init__()
+        self.base = base
+        self.weight = weight
+
+    def forward(self, output: dict, batch: dict) -> dict[str, Tensor]:
+        out = self.base(output, batch)
+        if self.weight > 0 and "aux_logits" in output:
+            aux = self.base({"logits": output["aux_logits"]}, batch)
+            out = {**out, "loss": out["loss"] + self.weight * aux["loss"], "aux": aux["loss"].detach()}
+        return out
+
+
 def build_loss(cfg: DistillConfig, task_types: dict[str, str | TaskType],
                calibration: dict[str, float] | None = None) -> nn.Module:
     return LOSSES.get(cfg.method)(cfg, task_types, calibration)

@@ -11,6 +11,20 @@ from cpfd.models.fusion import FusionTrunk
 from cpfd.models.heads import TaskHeads
 
 
+HEAVY_TAIL_SKEW = 3.0
+
+
+def _moments(values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-column mean, standard deviation and skewness, ignoring NaN."""
+    finite = ~torch.isnan(values)
+    count = finite.sum(0).clamp(min=1)
+    mean = torch.where(finite, values, torch.zeros_like(values)).sum(0) / count
+    centred = torch.where(finite, values - mean, torch.zeros_like(values))
+    std = ((centred**2).sum(0) / count).sqrt()
+    skew = (centred**3).sum(0) / count / std.clamp(min=1e-8) ** 3
+    return mean, std, skew
+
+
 class DenseTower(nn.Module):
     """Privileged dense features -> vector.
 
@@ -22,6 +36,7 @@ class DenseTower(nn.Module):
 
     def __init__(self, n_features: int, hidden: list[int], group_ids: list[int], group_dropout: float, dropout: float):
         super().__init__()
+        self.register_buffer("log_scale", torch.zeros(n_features, dtype=torch.bool))
         self.register_buffer("mean", torch.zeros(n_features))
         self.register_buffer("std", torch.ones(n_features))
         self.register_buffer("group_ids", torch.tensor(group_ids, dtype=torch.long))
@@ -37,18 +52,22 @@ class DenseTower(nn.Module):
 
     @torch.no_grad()
     def fit(self, train_values: Tensor) -> None:
-        """Per-feature mean/std from train rows, ignoring NaN; constant or all-missing columns get std 1."""
-        finite = ~torch.isnan(train_values)
-        count = finite.sum(0).clamp(min=1)
-        filled = torch.where(finite, train_values, torch.zeros_like(train_values))
-        mean = filled.sum(0) / count
-        var = (torch.where(finite, train_values - mean, torch.zeros_like(train_values)) ** 2).sum(0) / count
-        std = var.sqrt()
+        """Per-feature mean/std from train rows, ignoring NaN; constant or all-missing columns get std 1.
+
+        Heavy-tailed columns (|skewness| > ``HEAVY_TAIL_SKEW`` on train: counts, amounts, view histories) are
+        first mapped through sign(x)·log(1 + |x|), so a few extreme rows do not squash the rest to zero."""
+        mean, std, skew = _moments(train_values)
+        self.log_scale.copy_(skew.abs() > HEAVY_TAIL_SKEW)
+        mean, std, _ = _moments(self._shape(train_values))
         self.mean.copy_(mean)
         self.std.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)))
 
+    def _shape(self, values: Tensor) -> Tensor:
+        return torch.where(self.log_scale, values.sign() * values.abs().log1p(), values)
+
     def forward(self, values: Tensor) -> Tensor:
         missing = torch.isnan(values)
+        values = self._shape(values)
         if self.training and self.group_dropout > 0 and self.n_groups:
             drop = torch.rand(values.shape[0], self.n_groups, device=values.device) < self.group_dropout
             missing = missing | drop[:, self.group_ids]
@@ -80,6 +99,9 @@ class Teacher(nn.Module):
             width += self.tower.out_dim
         self.trunk_dropout = teacher_cfg.trunk_dropout if self.tower is not None else 0.0
         self.heads = TaskHeads(width, task_outputs, cfg.dropout)
+        # The dense tower's own prediction, trained with an auxiliary loss (teacher.aux_weight) so the privileged
+        # path learns to predict instead of leaving the work to a trunk that can memorise its inputs.
+        self.aux_heads = TaskHeads(self.tower.out_dim, task_outputs, cfg.dropout) if self.tower is not None else None
         self.embedding_dim = width
 
     def forward(
@@ -98,5 +120,7 @@ class Teacher(nn.Module):
             if self.training and self.trunk_dropout > 0:
                 keep = (torch.rand(cls.shape[0], 1, device=cls.device) >= self.trunk_dropout).to(cls.dtype)
                 cls = cls * keep / (1 - self.trunk_dropout)
-            cls = torch.cat([cls, self.tower(privileged)], dim=1)
+            dense = self.tower(privileged)
+            cls = torch.cat([cls, dense], dim=1)
+            return {"logits": self.heads(cls), "embedding": cls, "aux_logits": self.aux_heads(dense)}
         return {"logits": self.heads(cls), "embedding": cls}

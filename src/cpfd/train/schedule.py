@@ -12,7 +12,7 @@ from lightning_fabric import Fabric
 
 from cpfd.config import RunConfig
 from cpfd.data.prepared import PreparedData
-from cpfd.distill.losses import build_loss
+from cpfd.distill.losses import WithAuxiliary, build_loss
 from cpfd.registry import LOSSES
 from cpfd.distill.task import CachedTeacher, DistillTask, OnlineTeacher
 from cpfd.evaluate.diagnostics import weight_diagnostics
@@ -50,9 +50,10 @@ def _write_run(run: RunFolder, cfg: RunConfig, data: PreparedData, role: str, ex
     })
 
 
-def _labels_only(cfg: RunConfig, data: PreparedData):
-    """Teachers (and the baseline) learn from labels only."""
-    return build_loss(cfg.distill.model_copy(update={"method": "none"}), {t.name: t.kind for t in data.tasks})
+def _teacher_objective(cfg: RunConfig, data: PreparedData):
+    """Teachers learn from labels only, plus the dense tower's auxiliary loss."""
+    labels_only = build_loss(cfg.distill.model_copy(update={"method": "none"}), {t.name: t.kind for t in data.tasks})
+    return WithAuxiliary(labels_only, cfg.teacher.aux_weight)
 
 
 def fold_assignment(data: PreparedData, cfg: RunConfig) -> list[np.ndarray]:
@@ -70,7 +71,7 @@ def fit_teacher(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, res
     # Teachers are selected on validation rows outside the calibration slice their temperature is fitted on.
     select = ~data.calibration_rows(cfg.teacher.calibration_share) if cfg.teacher.calibration_share > 0 else None
     fabric.seed_everything(cfg.train.seed, verbose=False)
-    task = DistillTask(build_teacher(data, cfg), _labels_only(cfg, data), model_takes_privileged=True)
+    task = DistillTask(build_teacher(data, cfg), _teacher_objective(cfg, data), model_takes_privileged=True)
     fit_result = fit(fabric, task, data, labelled, cfg.train, run, resume=resume, desc="teacher",
                      select_within=select)
     folds = fold_assignment(data, cfg) if cfg.teacher.oof_folds >= 2 else []
@@ -78,7 +79,7 @@ def fit_teacher(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, res
         atomic_write_json(run.folds_file, [data.ids[rows].tolist() for rows in folds])
     for k, held_out in enumerate(folds):
         fabric.seed_everything(cfg.train.seed + 1000 * (k + 1), verbose=False)
-        fold_task = DistillTask(build_teacher(data, cfg), _labels_only(cfg, data), model_takes_privileged=True)
+        fold_task = DistillTask(build_teacher(data, cfg), _teacher_objective(cfg, data), model_takes_privileged=True)
         fit(fabric, fold_task, data, np.setdiff1d(labelled, held_out), cfg.train, run.fold(k), resume=resume,
             desc=f"fold {k + 1}/{len(folds)}", select_within=select)
     metrics = {}
