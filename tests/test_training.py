@@ -208,3 +208,46 @@ def plan_budget_steps(cfg, n_train: int) -> int:
     from cpfd.train.budget import plan_budget
 
     return plan_budget(cfg.train, n_train).steps_per_epoch
+
+
+def test_lightgbm_teacher_gives_cached_outputs_a_student_distils_from(fitted, tmp_path):
+    _, data, cfg, fabric = fitted
+    gbdt = cfg.model_copy(deep=True)
+    gbdt.teacher.kind = "lightgbm"
+    metrics = fit_teacher(data, gbdt, tmp_path / "gbdt", fabric)
+    assert metrics["kind"] == "lightgbm" and metrics["test"]["mean_f1"] > 0.5
+    targets = teacher_targets(tmp_path / "gbdt", data)
+    assert targets.logits["category"].shape == (len(data), 3) and targets.logits["tags"].shape == (len(data), 2)
+    student = distill(data, cfg, tmp_path / "student", fabric, tmp_path / "gbdt")
+    assert np.isfinite(student["test"]["mean_f1"]) and student["weights"]["spam"]["mean_weight"] > 0
+    # cross-fitted: fold boosters overwrite their held-out rows, val rows keep the full model's outputs
+    gbdt.teacher.oof_folds = 2
+    fit_teacher(data, gbdt, tmp_path / "gbdt_oof", fabric)
+    oof = teacher_targets(tmp_path / "gbdt_oof", data)
+    train, val = data.indices("train", labelled_only=True), data.indices("val")
+    assert torch.equal(oof.logits["spam"][val], targets.logits["spam"][val])
+    assert not torch.allclose(oof.logits["spam"][train], targets.logits["spam"][train])
+
+
+def test_bring_your_own_teacher_outputs_are_validated_and_cached(fitted, tmp_path):
+    from cpfd.data import DatasetError
+    from cpfd.train.teacher_kinds import outputs_frame
+
+    root, data, cfg, fabric = fitted
+    reference = teacher_targets(root / "teacher", data)
+    frame = outputs_frame(list(data.ids), {t: z.numpy() for t, z in reference.logits.items()}, "video_id")
+    frame.to_parquet(tmp_path / "mine.parquet")
+    own = cfg.model_copy(deep=True)
+    own.teacher = own.teacher.model_copy(update={"kind": "file", "outputs_file": str(tmp_path / "mine.parquet")})
+    fit_teacher(data, own, tmp_path / "own", fabric)
+    targets = teacher_targets(tmp_path / "own", data)
+    assert all(torch.allclose(targets.logits[t], reference.logits[t]) for t in reference.logits)
+    bad = frame.drop(index=[5]).copy()
+    bad.at[7, "logits_category"] = [1.0, 2.0]  # two logits for three classes
+    bad.to_parquet(tmp_path / "bad.parquet")
+    own.teacher.outputs_file = str(tmp_path / "bad.parquet")
+    with pytest.raises(DatasetError) as err:
+        fit_teacher(data, own, tmp_path / "bad_run", fabric)
+    message = str(err.value)
+    assert "bad.parquet, column 'video_id': 1 dataset row(s) have no teacher outputs [id: v0005]" in message
+    assert "column 'logits_category', row 7: task 'category': expected 3 finite logit(s) per row [id: v0007]" in message

@@ -49,6 +49,12 @@ class FeatureKD(str, Enum):
     cosine = "cosine"
 
 
+class TeacherKind(str, Enum):
+    neural = "neural"
+    lightgbm = "lightgbm"
+    file = "file"
+
+
 class Runtime(str, Enum):
     torch = "torch"
     onnx = "onnx"
@@ -160,6 +166,10 @@ def fit_teacher_cmd(
     devices: DevicesOpt = None,
     oof_folds: Annotated[Optional[int], typer.Option(help="K>=2: also train K fold teachers for cross-fitted outputs")] = None,
     no_privileged: Annotated[bool, typer.Option(help="train without privileged features (self-distillation control)")] = False,
+    kind: Annotated[Optional[TeacherKind], typer.Option(
+        help="neural (DF-X-VLM style), lightgbm (trees on student vectors + privileged columns), or file")] = None,
+    outputs: Annotated[Optional[Path], typer.Option(
+        help="--kind file: parquet of your teacher's per-row logits (id column + logits_<task> columns)")] = None,
     resume: ResumeOpt = False,
     on_bad_video: BadVideoOpt = BadMedia.fail,
 ) -> None:
@@ -169,7 +179,8 @@ def fit_teacher_cmd(
 
     cfg = _config(config, set_, **{"train.seed": seed, "train.epochs": epochs, "train.devices": devices,
                                    "teacher.oof_folds": oof_folds, "teacher.use_privileged": False if no_privileged
-                                   else None})
+                                   else None, "teacher.outputs_file": str(outputs) if outputs else None,
+                                   "teacher.kind": kind})
     data = _load(dataset, on_bad_video, cfg)
     fabric = make_fabric(cfg.train)
     metrics = fit_teacher(data, cfg, out_dir, fabric, resume=resume, log=fabric.print)

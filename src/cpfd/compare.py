@@ -102,6 +102,8 @@ def run_compare(data: PreparedData, cfg: RunConfig, out_dir: str | Path, opts: C
         for kind in sorted({a.teacher for a in arms if a.teacher} | {"privileged"}):
             t_cfg = base.model_copy(deep=True)
             t_cfg.teacher.use_privileged = kind != "self"
+            if kind == "self" and t_cfg.teacher.kind == "file":  # the control needs a teacher it can train
+                t_cfg.teacher.kind = "neural"
             t_cfg.teacher.oof_folds = max(cfg.teacher.oof_folds, 5) if kind == "oof" else 0
             teachers[kind] = folder.teacher(seed, kind).path
             log(f"[seed {seed}] teacher ({kind})")

@@ -84,8 +84,13 @@ class ModelConfig(_Strict):
 
 
 class TeacherConfig(_Strict):
-    """DF-X-VLM-style teacher: the student trunk + a dense-feature tower fused late."""
+    """DF-X-VLM-style teacher: the student trunk + a dense-feature tower fused late (``kind: neural``); or
+    gradient-boosted trees on the student's vectors + privileged columns (``lightgbm``); or your own per-row
+    logits (``file``, with ``outputs_file``)."""
 
+    kind: Literal["neural", "lightgbm", "file"] = "neural"
+    outputs_file: str | None = Field(None, description="kind=file: parquet of per-row logits keyed by the dataset's "
+                                     "id column, one column logits_<task> per task")
     use_privileged: bool = Field(True, description="false gives the self-distillation control teacher")
     dense_hidden: list[int] = Field(default_factory=lambda: [128, 64])
     group_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="probability of dropping a privileged group")
@@ -102,6 +107,12 @@ class TeacherConfig(_Strict):
     calibration_share: float = Field(0.5, ge=0.0, lt=1.0, description="share of validation rows held out from "
                                      "teacher selection to fit the temperature on (0: all of validation)")
     oof_folds: int = Field(0, ge=0, description="K>=2: cross-fitted (out-of-fold) teacher outputs on train rows")
+
+    @model_validator(mode="after")
+    def _file_needs_a_path(self) -> "TeacherConfig":
+        if self.kind == "file" and not self.outputs_file:
+            raise ValueError("teacher.kind=file needs teacher.outputs_file (a parquet of per-row logits)")
+        return self
 
 
 class DistillConfig(_Strict):

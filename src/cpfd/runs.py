@@ -90,6 +90,18 @@ class RunFolder:
         return self.checkpoints / "last_state.safetensors"
 
     @property
+    def gbdt_model(self) -> Path:
+        return self.checkpoints / "lightgbm.json"
+
+    @property
+    def imported_outputs(self) -> Path:
+        return self.checkpoints / "teacher_outputs.parquet"
+
+    def teacher_model(self, kind: str) -> Path:
+        """The file that is the teacher of ``kind`` (its hash keys the output cache)."""
+        return {"neural": self.best, "lightgbm": self.gbdt_model, "file": self.imported_outputs}[kind]
+
+    @property
     def teacher_outputs(self) -> Path:
         return self.path / "cache" / TEACHER_OUTPUTS
 
@@ -105,9 +117,8 @@ class RunFolder:
         return RunFolder(self.path / "folds" / str(k))
 
     def fold_runs(self) -> list["RunFolder"]:
-        folds = sorted((self.path / "folds").glob("*/checkpoints/best.safetensors"),
-                       key=lambda p: int(p.parent.parent.name))
-        return [RunFolder(p.parent.parent) for p in folds]
+        folds = sorted((p for p in (self.path / "folds").glob("*") if p.name.isdigit()), key=lambda p: int(p.name))
+        return [RunFolder(p) for p in folds]
 
     # ---- content, parsed once ----
     @cached_property
@@ -139,10 +150,12 @@ class RunFolder:
         self.__dict__.pop("info", None)
 
     def teacher_checkpoints(self) -> list[Path]:
-        """The teacher's best checkpoint, then each fold teacher's (their hashes key the output cache)."""
-        paths = [self.best] + [f.best for f in self.fold_runs()]
-        if not self.best.exists():
-            raise RunFolderError(f"teacher run {self.path} has no checkpoint {self.best} (run `cpfd fit-teacher` first)")
+        """The teacher's model file, then each fold teacher's (their hashes key the output cache)."""
+        kind = self.config.teacher.kind
+        paths = [self.teacher_model(kind)] + [f.teacher_model(kind) for f in self.fold_runs()]
+        missing = [p for p in paths if not p.exists()]
+        if missing:
+            raise RunFolderError(f"teacher run {self.path} has no {missing[0]} (run `cpfd fit-teacher` first)")
         return paths
 
 

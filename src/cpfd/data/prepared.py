@@ -61,6 +61,7 @@ class PreparedData:
     name: str
     root: Path
     ids: np.ndarray
+    id_column: str
     split: np.ndarray
     groups: np.ndarray | None
     tasks: list[TaskInfo]
@@ -96,7 +97,7 @@ class PreparedData:
         """The rows where ``keep`` is true, in order (used to drop rows skipped under the bad-media policy)."""
         idx = torch.from_numpy(np.flatnonzero(keep))
         return PreparedData(
-            name=self.name, root=self.root, ids=self.ids[keep], split=self.split[keep],
+            name=self.name, root=self.root, ids=self.ids[keep], id_column=self.id_column, split=self.split[keep],
             groups=self.groups[keep] if self.groups is not None else None, tasks=self.tasks,
             student_inputs={k: v[idx] for k, v in self.student_inputs.items()}, feature_names=self.feature_names,
             privileged=self.privileged[idx], privileged_names=self.privileged_names,
@@ -284,6 +285,7 @@ def load_dataset(folder: str | Path, seed: int = 0, on_bad_video: str = "fail", 
         name=spec.name,
         root=root,
         ids=ids,
+        id_column=spec.id,
         split=split.astype(object),
         groups=groups,
         tasks=tasks,

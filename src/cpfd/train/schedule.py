@@ -29,6 +29,7 @@ from cpfd.models.build import (
 )
 from cpfd.runs import RunFolder
 from cpfd.train.loop import fit, predict, unwrap
+from cpfd.train.teacher_kinds import fit_gbdt, import_outputs
 from cpfd.train.teacher_outputs import teacher_report, teacher_targets
 
 Log = Callable[[str], None]
@@ -70,21 +71,32 @@ def fit_teacher(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, res
     labelled = data.indices("train", labelled_only=True)
     # Teachers are selected on validation rows outside the calibration slice their temperature is fitted on.
     select = ~data.calibration_rows(cfg.teacher.calibration_share) if cfg.teacher.calibration_share > 0 else None
-    fabric.seed_everything(cfg.train.seed, verbose=False)
-    task = DistillTask(build_teacher(data, cfg), _teacher_objective(cfg, data), model_takes_privileged=True)
-    fit_result = fit(fabric, task, data, labelled, cfg.train, run, resume=resume, desc="teacher",
-                     select_within=select)
-    folds = fold_assignment(data, cfg) if cfg.teacher.oof_folds >= 2 else []
+    folds = fold_assignment(data, cfg) if cfg.teacher.oof_folds >= 2 and cfg.teacher.kind != "file" else []
     if fabric.is_global_zero and folds:
         atomic_write_json(run.folds_file, [data.ids[rows].tolist() for rows in folds])
-    for k, held_out in enumerate(folds):
-        fabric.seed_everything(cfg.train.seed + 1000 * (k + 1), verbose=False)
-        fold_task = DistillTask(build_teacher(data, cfg), _teacher_objective(cfg, data), model_takes_privileged=True)
-        fit(fabric, fold_task, data, np.setdiff1d(labelled, held_out), cfg.train, run.fold(k), resume=resume,
-            desc=f"fold {k + 1}/{len(folds)}", select_within=select)
+    summary: dict = {"kind": cfg.teacher.kind}
+    if cfg.teacher.kind == "file":
+        if fabric.is_global_zero:
+            import_outputs(cfg.teacher.outputs_file, data, run.imported_outputs, data.id_column)
+    elif cfg.teacher.kind == "lightgbm":
+        if fabric.is_global_zero:
+            fit_gbdt(data, cfg, run.gbdt_model, labelled, select)
+            for k, held_out in enumerate(folds):
+                fit_gbdt(data, cfg, run.fold(k).gbdt_model, np.setdiff1d(labelled, held_out), select)
+    else:
+        fabric.seed_everything(cfg.train.seed, verbose=False)
+        task = DistillTask(build_teacher(data, cfg), _teacher_objective(cfg, data), model_takes_privileged=True)
+        summary |= fit_summary(fit(fabric, task, data, labelled, cfg.train, run, resume=resume, desc="teacher",
+                                   select_within=select))
+        for k, held_out in enumerate(folds):
+            fabric.seed_everything(cfg.train.seed + 1000 * (k + 1), verbose=False)
+            fold_task = DistillTask(build_teacher(data, cfg), _teacher_objective(cfg, data),
+                                    model_takes_privileged=True)
+            fit(fabric, fold_task, data, np.setdiff1d(labelled, held_out), cfg.train, run.fold(k), resume=resume,
+                desc=f"fold {k + 1}/{len(folds)}", select_within=select)
     metrics = {}
     if fabric.is_global_zero:
-        metrics = teacher_report(data, teacher_targets(run, data, log)) | fit_summary(fit_result)
+        metrics = teacher_report(data, teacher_targets(run, data, log)) | summary
         atomic_write_json(run.metrics_file, metrics)
     fabric.barrier()
     return metrics
@@ -114,6 +126,9 @@ def distill(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, teacher
             targets = teacher_targets(teacher_run, data, log if fabric.is_global_zero else (lambda _m: None))
         teacher = CachedTeacher(targets)
         if cfg.distill.teacher_outputs == "online":
+            if teacher_run.config.teacher.kind != "neural":
+                raise UsageError("distill.teacher_outputs=online needs a neural teacher; this one is "
+                                 f"{teacher_run.config.teacher.kind} (use the cached outputs)")
             # Built before seeding, so the student's initialisation and dropout draws match the cached mode.
             frozen = load_teacher(teacher_run, data).to(fabric.device)
             teacher = OnlineTeacher(frozen, targets.temperatures)

@@ -22,22 +22,27 @@ from cpfd.evaluate.evaluation import evaluate_logits
 from cpfd.models.build import load_teacher
 from cpfd.runs import RunFolder
 from cpfd.train.loop import predict
+from cpfd.train.teacher_kinds import gbdt_outputs, read_outputs
 
 Log = Callable[[str], None]
 
 
-def compute_targets(teacher: nn.Module, data: PreparedData, folds: list[tuple[nn.Module, np.ndarray]] | None = None,
-                    calibrate: bool = True, calibration_share: float = 0.5) -> TeacherTargets:
-    """Teacher logits and fused embedding for every row; fold teachers overwrite their held-out rows. The
-    temperature is fitted on the calibration slice of validation and kept only if it lowers the cross-fitted
-    held-out NLL (:func:`cpfd.distill.calibration.choose_temperature`)."""
-    everything = np.arange(len(data))
-    out = predict(teacher, data, everything, with_privileged=True)
+def neural_outputs(teacher: nn.Module, data: PreparedData, folds: list[tuple[nn.Module, np.ndarray]] | None = None
+                   ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Teacher logits and fused embedding for every row; fold teachers overwrite their held-out rows."""
+    out = predict(teacher, data, np.arange(len(data)), with_privileged=True)
     for fold_teacher, rows in folds or []:
         fold_out = predict(fold_teacher, data, rows, with_privileged=True)
         for task in out["logits"]:
             out["logits"][task][rows] = fold_out["logits"][task][rows]
         out["embedding"][rows] = fold_out["embedding"][rows]
+    return out["logits"], out["embedding"]
+
+
+def calibrated_targets(data: PreparedData, logits: dict[str, torch.Tensor], embedding: torch.Tensor,
+                       calibrate: bool = True, calibration_share: float = 0.5) -> TeacherTargets:
+    """The temperature is fitted on the calibration slice of validation and kept only if it lowers the
+    cross-fitted held-out NLL (:func:`cpfd.distill.calibration.choose_temperature`)."""
     temperatures, report = {}, {}
     calib = data.calibration_rows(calibration_share)
     fraction = data.id_fraction()
@@ -49,10 +54,35 @@ def compute_targets(teacher: nn.Module, data: PreparedData, folds: list[tuple[nn
         # Two folds inside the slice, from the same id hash: each row is held out once.
         scale = calibration_share if calibration_share > 0 else 1.0
         folds = (fraction[rows] / scale * 2).astype(int).clip(0, 1)
-        choice = choose_temperature(out["logits"][task.name][rows], data.labels[task.name][rows], task.kind, folds)
+        choice = choose_temperature(logits[task.name][rows], data.labels[task.name][rows], task.kind, folds)
         temperatures[task.name] = choice["temperature"]
         report[task.name] = choice | {"rows": len(rows)}
-    return TeacherTargets(out["logits"], out["embedding"], temperatures, report)
+    return TeacherTargets(logits, embedding, temperatures, report)
+
+
+def _fold_rows(run: RunFolder, data: PreparedData) -> list[np.ndarray]:
+    if not run.folds_file.exists():
+        return []
+    position = {i: k for k, i in enumerate(data.ids)}
+    return [np.array(sorted(position[i] for i in ids if i in position), dtype=np.int64) for ids in run.folds_ids()]
+
+
+def raw_outputs(run: RunFolder, data: PreparedData) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Uncalibrated logits (+ embedding) of a teacher run of any kind, cross-fitted where it has folds."""
+    kind = run.config.teacher.kind
+    folds = _fold_rows(run, data)
+    if kind == "file":
+        return read_outputs(run.imported_outputs, data, data.id_column)
+    if kind == "lightgbm":
+        logits, embedding = gbdt_outputs(run.gbdt_model, data)
+        for k, rows in enumerate(folds):
+            fold_logits, fold_embedding = gbdt_outputs(run.fold(k).gbdt_model, data)
+            for task in logits:
+                logits[task][rows] = fold_logits[task][rows]
+            embedding[rows] = fold_embedding[rows]
+        return logits, embedding
+    fold_teachers = [(load_teacher(run, data, run.fold(k).best), rows) for k, rows in enumerate(folds)]
+    return neural_outputs(load_teacher(run, data), data, fold_teachers)
 
 
 def teacher_targets(run: RunFolder, data: PreparedData, log: Log = print) -> TeacherTargets:
@@ -61,15 +91,9 @@ def teacher_targets(run: RunFolder, data: PreparedData, log: Log = print) -> Tea
     checkpoints = run.teacher_checkpoints()
 
     def build() -> TeacherTargets:
-        teacher = load_teacher(run, data)
-        folds = []
-        if run.folds_file.exists():
-            position = {i: k for k, i in enumerate(data.ids)}
-            for k, ids in enumerate(run.folds_ids()):
-                rows = np.array(sorted(position[i] for i in ids if i in position), dtype=np.int64)
-                folds.append((load_teacher(run, data, checkpoints[k + 1]), rows))
         t_cfg = run.config.teacher
-        return compute_targets(teacher, data, folds, calibrate=t_cfg.calibrate, calibration_share=t_cfg.calibration_share)
+        return calibrated_targets(data, *raw_outputs(run, data), calibrate=t_cfg.calibrate,
+                                  calibration_share=t_cfg.calibration_share)
 
     return cache.get_or_build(run.teacher_outputs, cache.cache_key(checkpoints, data.fingerprint), build, log)
 
