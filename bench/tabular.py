@@ -44,9 +44,9 @@ def digits() -> Path:
     left = img[:, :, :4].reshape(len(img), 32)
     right = img[:, :, 4:].reshape(len(img), 32)
     df = pd.concat([pd.DataFrame({"id": [f"d{i}" for i in range(len(img))], "label": raw.target.astype(str)}),
-                    pd.DataFrame(left, columns=[f"l{k:02d}" for k in range(32)]),
-                    pd.DataFrame(right, columns=[f"r{k:02d}" for k in range(32)])], axis=1)
-    spec = {"name": "digits-halves", "id": "id", "inputs": {"features": ["l*"]}, "privileged": ["r*"],
+                    pd.DataFrame(left, columns=[f"left_{k:02d}" for k in range(32)]),
+                    pd.DataFrame(right, columns=[f"right_{k:02d}" for k in range(32)])], axis=1)
+    spec = {"name": "digits-halves", "id": "id", "inputs": {"features": ["left_*"]}, "privileged": ["right_*"],
             "tasks": [{"name": "digit", "type": "multiclass", "column": "label"}]}
     return write_dataset(OUT / "tabular" / "digits" / "data", df, spec)
 
@@ -64,7 +64,7 @@ def diabetes() -> Path:
     df["split"] = split
     df["label"] = (raw.target > np.median(raw.target[split == "train"])).astype(int)
     spec = {"name": "diabetes", "id": "id", "split": "split", "inputs": {"features": ["age", "sex", "bmi", "bp"]},
-            "privileged": [n for n in names if n.startswith("s")],
+            "privileged": [n for n in names if n[0] == "s" and n[1:].isdigit()],
             "tasks": [{"name": "high", "type": "binary", "column": "label"}]}
     return write_dataset(OUT / "tabular" / "diabetes" / "data", df, spec)
 

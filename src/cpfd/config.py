@@ -99,6 +99,7 @@ class TeacherConfig(_Strict):
         description="probability of zeroing a row's whole trunk vector while training the teacher, so the "
         "privileged path must predict on its own instead of the trunk memorising high-dimensional inputs")
     aux_weight: float = Field(0.5, ge=0.0, description="weight of the dense tower's own auxiliary loss")
+    wide: bool = Field(True, description="add a linear path from the standardised privileged features to the logits")
     groups: dict[str, list[str]] | None = Field(
         None, description="privileged groups as name -> column globs; default: one group per column"
     )

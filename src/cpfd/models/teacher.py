@@ -65,14 +65,18 @@ class DenseTower(nn.Module):
     def _shape(self, values: Tensor) -> Tensor:
         return torch.where(self.log_scale, values.sign() * values.abs().log1p(), values)
 
-    def forward(self, values: Tensor) -> Tensor:
+    def standardise(self, values: Tensor) -> Tensor:
+        """[z ; missing mask] (B, 2F): standardised values (0 where missing or dropped) and the mask."""
         missing = torch.isnan(values)
         values = self._shape(values)
         if self.training and self.group_dropout > 0 and self.n_groups:
             drop = torch.rand(values.shape[0], self.n_groups, device=values.device) < self.group_dropout
             missing = missing | drop[:, self.group_ids]
         z = torch.where(missing, torch.zeros_like(values), (values - self.mean) / self.std)
-        return self.mlp(torch.cat([z, missing.float()], dim=1))
+        return torch.cat([z, missing.float()], dim=1)
+
+    def forward(self, values: Tensor) -> Tensor:
+        return self.mlp(self.standardise(values))
 
 
 class Teacher(nn.Module):
@@ -102,6 +106,10 @@ class Teacher(nn.Module):
         # The dense tower's own prediction, trained with an auxiliary loss (teacher.aux_weight) so the privileged
         # path learns to predict instead of leaving the work to a trunk that can memorise its inputs.
         self.aux_heads = TaskHeads(self.tower.out_dim, task_outputs, cfg.dropout) if self.tower is not None else None
+        # Wide & deep (Cheng et al., DLRS 2016): a linear path from the standardised privileged features to the
+        # logits, so the teacher can always represent what a linear model on them finds.
+        self.wide = (TaskHeads(2 * n_privileged, task_outputs) if self.tower is not None and teacher_cfg.wide
+                     else None)
         self.embedding_dim = width
 
     def forward(
@@ -120,7 +128,14 @@ class Teacher(nn.Module):
             if self.training and self.trunk_dropout > 0:
                 keep = (torch.rand(cls.shape[0], 1, device=cls.device) >= self.trunk_dropout).to(cls.dtype)
                 cls = cls * keep / (1 - self.trunk_dropout)
-            dense = self.tower(privileged)
+            standardised = self.tower.standardise(privileged)
+            dense = self.tower.mlp(standardised)
             cls = torch.cat([cls, dense], dim=1)
-            return {"logits": self.heads(cls), "embedding": cls, "aux_logits": self.aux_heads(dense)}
+            logits = self.heads(cls)
+            aux = self.aux_heads(dense)
+            if self.wide is not None:
+                wide = self.wide(standardised)
+                logits = {t: z + wide[t] for t, z in logits.items()}
+                aux = {t: z + wide[t] for t, z in aux.items()}
+            return {"logits": logits, "embedding": cls, "aux_logits": aux}
         return {"logits": self.heads(cls), "embedding": cls}
