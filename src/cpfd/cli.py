@@ -132,9 +132,19 @@ def _load(dataset: Path, on_bad_video: BadMedia = BadMedia.fail, cfg: RunConfig 
 
 
 @command()
-def validate(dataset: DatasetArg, on_bad_video: BadVideoOpt = BadMedia.fail) -> None:
+def validate(
+    dataset: DatasetArg,
+    on_bad_video: BadVideoOpt = BadMedia.fail,
+    decode: Annotated[bool, typer.Option(help="also decode every clip once, so undecodable content is found now")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
     """Check a dataset against the contract (before any compute) and print what it holds."""
-    data = _load(dataset, on_bad_video, extract=False)
+    from cpfd.data import load_dataset
+
+    cfg = _config(config, set_)
+    data = load_dataset(dataset, on_bad_video=BadMedia(on_bad_video).value, log=_log,
+                        decode_check=cfg.extract if decode else None)
     table = Table(title=f"{data.name}: {len(data)} rows, fingerprint {data.fingerprint[:12]}")
     table.add_column("split")
     table.add_column("rows", justify="right")
@@ -152,7 +162,9 @@ def validate(dataset: DatasetArg, on_bad_video: BadVideoOpt = BadMedia.fail) -> 
     for row in data.skipped:
         out.print(f"skipped {row.file} row {row.row} [{row.id}] column {row.column!r}: {row.reason}",
                   highlight=False, markup=False)
-    out.print("[green]valid[/]")
+    media = data.inputs_spec.get("video") or data.inputs_spec.get("frames")
+    unchecked = " (files exist and are not empty; their content was not decoded: add --decode)" if media and not decode else ""
+    out.print(f"[green]valid[/]{unchecked}", highlight=False, soft_wrap=True)
 
 
 @command("fit-teacher")

@@ -177,6 +177,14 @@ def extract_frames(rows: list[MediaRow], pre: Preprocessor, cache: Path, log: Ca
     return out, report
 
 
+def check_decodable(rows: list[MediaRow], cfg: ExtractConfig, progress: bool = True) -> dict[int, str]:
+    """Decode every clip once (in the decoding workers) and drop the frames: row index -> reason it fails."""
+    report = ExtractReport()
+    for _ in decode_chunks(rows, cfg, report, "decode check", progress):
+        pass
+    return report.bad
+
+
 def decode_frames(rows: list[MediaRow], cfg: ExtractConfig, log: Callable[[str], None] = print,
                   progress: bool = True) -> tuple[dict[int, np.ndarray], ExtractReport]:
     """Decoded frames (K, size, size, 3) uint8 per row index, for end-to-end training (no cache)."""

@@ -18,7 +18,7 @@ import torch
 
 from cpfd.config import ExtractConfig
 from cpfd.data.contract import SPLITS, DatasetError, DatasetSpec, Problem, load_spec
-from cpfd.data.embeddings import MediaRow, decode_frames, default_cache, extract_frames, extract_ocr, extract_text
+from cpfd.data.embeddings import MediaRow, check_decodable, decode_frames, default_cache, extract_frames, extract_ocr, extract_text
 from cpfd.data.preprocess import (
     Issue,
     Preprocessor,
@@ -167,16 +167,19 @@ def _text_values(df: pd.DataFrame, columns: list[str], out: _Collector) -> list[
 
 
 def load_dataset(folder: str | Path, seed: int = 0, on_bad_video: str = "fail", extract: ExtractConfig | None = None,
-                 log=print) -> PreparedData:
+                 log=print, decode_check: ExtractConfig | None = None) -> PreparedData:
     """Validate ``folder`` against the contract and return its tensors (raises :class:`DatasetError`).
 
     Video, frames and text inputs become embeddings through ``extract`` (frozen encoders + cache); without it
-    (``cpfd validate``) only the cheap checks run and those inputs are left out of ``student_inputs``.
+    (``cpfd validate``) only the cheap checks run and those inputs are left out of ``student_inputs``, unless
+    ``decode_check`` asks for every clip to be decoded once (``cpfd validate --decode``).
     """
     spec, root = load_spec(folder)
     spec_path = root / "dataset.yaml"
     df = read_table(root, spec.table)
     yaml_file = str(spec_path)
+    if not len(df):
+        raise DatasetError([Problem(yaml_file, f"the table {spec.table!r} has no rows")])
     out = _Collector(df, spec.id if spec.id in df.columns else None)
     columns = list(df.columns)
 
@@ -221,11 +224,14 @@ def load_dataset(folder: str | Path, seed: int = 0, on_bad_video: str = "fail", 
             continue
         bad = {i: reason for i, value in enumerate(df[column].tolist())
                if (reason := media_problem(root, value, kind)) is not None}
-        skipped += apply_media_policy(bad, on_bad_video, column, out.locate, log=lambda m: None)
+        skipped += apply_media_policy(bad, on_bad_video, column, out.locate, log=log)
         if bad:
             df = df.drop(index=df.index[sorted(bad)]).reset_index(drop=True)
             out.df = df
 
+    if skipped and not len(df):
+        raise DatasetError([Problem(yaml_file, f"every row was skipped ({len(skipped)} rows with bad media); "
+                                               "nothing is left to train on")])
     ids_raw = df[spec.id]
     empty_id = ids_raw.map(is_missing).to_numpy(dtype=bool)
     out.rows(empty_id, spec.id, "empty id")
@@ -302,6 +308,16 @@ def load_dataset(folder: str | Path, seed: int = 0, on_bad_video: str = "fail", 
     )
     if extract is not None and (spec.inputs.video or spec.inputs.frames or spec.inputs.text):
         data = _attach_embeddings(data, spec, texts, extract, on_bad_video, log)
+    elif decode_check is not None and (spec.inputs.video or spec.inputs.frames):
+        column = spec.inputs.video or spec.inputs.frames
+        kind = "video" if spec.inputs.video else "frames"
+        rows = [MediaRow(i, data.ids[i], root / str(v), kind) for i, v in enumerate(df[column].tolist())]
+        bad = check_decodable(rows, decode_check)
+        data.skipped += apply_media_policy(bad, on_bad_video, column, _Collector(df, spec.id).locate, log)
+        if bad:
+            keep = np.ones(len(data), dtype=bool)
+            keep[list(bad)] = False
+            data = data.subset(keep)
     return data
 
 

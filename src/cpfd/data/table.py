@@ -30,6 +30,8 @@ def read_table(root: Path, pattern: str) -> pd.DataFrame:
         reader = READERS.get(path.suffix.lower())
         if reader is None:
             raise DatasetError([Problem(str(path), f"unsupported table format {path.suffix!r} (use {', '.join(READERS)})")])
+        if path.suffix.lower() == ".csv":
+            _check_csv_header(path)
         try:
             df = reader(path)
         except UnicodeDecodeError:
@@ -44,6 +46,18 @@ def read_table(root: Path, pattern: str) -> pd.DataFrame:
     if any(set(c) != set(columns[0]) for c in columns):
         raise DatasetError([Problem(str(paths[0]), "table shards do not share the same columns")])
     return pd.concat(frames, ignore_index=True)
+
+
+def _check_csv_header(path: Path) -> None:
+    """pandas renames a repeated column to ``name.1``, which can move a column into another role: refuse it."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        header = next(csv.reader(fh), [])
+    seen: set[str] = set()
+    dupes = [c for c in header if c in seen or seen.add(c)]
+    if dupes:
+        raise DatasetError([Problem(str(path), "duplicate column name in the header", c) for c in dict.fromkeys(dupes)])
 
 
 def _utf8_problem(path: Path) -> Problem:
