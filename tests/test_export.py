@@ -179,7 +179,8 @@ def test_real_server_on_loopback(exported):
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
     proc = subprocess.Popen([sys.executable, "-m", "cpfd", "serve", str(exported / "bundle"), "--port", str(port),
-                             "--runtime", "onnx"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--runtime", "onnx", "--body-timeout-s", "2"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     try:
         base = f"http://127.0.0.1:{port}"
         for _ in range(300):
@@ -193,6 +194,13 @@ def test_real_server_on_loopback(exported):
                        data={"title": "clip number 2"}, timeout=60)
         assert r.status_code == 200, r.text
         assert r.json()["model_version"] == json.loads((exported / "bundle" / "bundle.json").read_text())["version"]
+        # A client that sends one byte and stalls is answered 408 once the body time limit has passed.
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+            sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 1000\r\n\r\n{")
+            answer = sock.recv(4096).decode(errors="replace")
+        assert answer.startswith("HTTP/1.1 408") and "did not arrive within" in answer
+        assert httpx.get(f"{base}/healthz", timeout=10).status_code == 200
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -305,3 +313,89 @@ def test_a_bundle_trained_with_ocr_reads_on_screen_text_when_serving(tmp_path):
         r = c.post("/v1/predict", json={"text": {"title": "clip 0"}, "ocr_text": ocr,
                                          "frame_embeddings": data.student_inputs["frames"][0].tolist()})
         assert r.status_code == 200 and abs(r.json()["predictions"]["label"]["probs"] - 1 / (1 + np.exp(-expected[0]))) <= 1e-5
+
+
+# ---- a service that heals and answers every bad request with a 4xx and a JSON detail -------------------------
+
+
+def test_a_dead_decode_worker_is_replaced_and_its_request_gets_a_503(exported):
+    import multiprocessing
+    import signal
+
+    clip = (exported / "ds" / "clips" / "c1.mp4").read_bytes()
+    bundle = StudentBundle(exported / "bundle")
+    with TestClient(create_app(bundle, Limits(decode_workers=1, timeout_s=120))) as c:
+        assert c.post("/v1/predict", files={"video": ("c.mp4", clip, "video/mp4")}, data={"title": "t"}).status_code == 200
+        for child in multiprocessing.active_children():
+            os.kill(child.pid, signal.SIGKILL)
+        r = c.post("/v1/predict", files={"video": ("c.mp4", clip, "video/mp4")}, data={"title": "t"})
+        assert r.status_code == 503 and "restarted" in r.json()["detail"]
+        r = c.post("/v1/predict", files={"video": ("c.mp4", clip, "video/mp4")}, data={"title": "t"})
+        assert r.status_code == 200, r.text
+        assert c.get("/healthz").json() == {"status": "ok"}
+        for child in multiprocessing.active_children():
+            os.kill(child.pid, signal.SIGKILL)
+        health = c.get("/healthz")
+        assert health.status_code == 503 and health.json()["status"] == "unhealthy"
+        assert c.get("/healthz").status_code == 200  # replaced: serving again
+
+
+@pytest.mark.parametrize("kind", ["deep", "long-number", "bad-utf8", "surrogate", "features-file", "nul-filename",
+                                  "nan-constant", "playlist"])
+def test_hostile_requests_get_a_4xx_json_detail(client, exported, kind):
+    emb = np.zeros((2, 1280)).tolist()
+    headers = {"content-type": "application/json"}
+    if kind == "deep":
+        r = client.post("/v1/predict", content=b"[" * 100_000 + b"]" * 100_000, headers=headers)
+    elif kind == "long-number":
+        r = client.post("/v1/predict", content=b'{"features": [' + b"9" * 5000 + b"]}", headers=headers)
+    elif kind == "bad-utf8":
+        r = client.post("/v1/predict", content=b'{"text": {"title": "caf\xe9\xff"}}', headers=headers)
+    elif kind == "surrogate":
+        r = client.post("/v1/predict", content=b'{"text": {"title": "\\ud800"}, "frame_embeddings": []}', headers=headers)
+    elif kind == "features-file":
+        clip = (exported / "ds" / "clips" / "c1.mp4").read_bytes()
+        r = client.post("/v1/predict", files={"video": ("c.mp4", clip, "video/mp4"),
+                                               "features": ("f.json", b"[1, 2]", "application/json")})
+    elif kind == "nul-filename":
+        clip = (exported / "ds" / "clips" / "c1.mp4").read_bytes()
+        r = client.post("/v1/predict", files={"video": ("a\x00b/../x.mp4", clip, "video/mp4")}, data={"title": "t"})
+        assert r.status_code == 200, r.text  # the name is only a hint for the extension
+        return
+    elif kind == "nan-constant":
+        r = client.post("/v1/predict", content=b'{"text": {"title": "t"}, "frame_embeddings": [[NaN]]}',
+                        headers=headers)
+    else:
+        secret = exported / "ds" / "clips" / "c3.mp4"
+        playlist = f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n{secret}\n#EXT-X-ENDLIST\n".encode()
+        r = client.post("/v1/predict", files={"video": ("x.m3u8", playlist, "application/vnd.apple.mpegurl")},
+                        data={"title": "t"})
+        assert r.status_code == 422 and str(secret) not in r.text
+    assert 400 <= r.status_code < 500, (kind, r.status_code, r.text)
+    assert isinstance(r.json()["detail"], str) and "Traceback" not in r.text
+
+
+def test_fuzzed_requests_never_get_a_5xx(client):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    leaves = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
+    values = st.recursive(leaves, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["text", "features", "frame_embeddings", "ocr_text", "title", "x"]), inner, max_size=4),
+        max_leaves=20)
+
+    @settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(body=values, raw=st.binary(max_size=200), multipart=st.booleans())
+    def probe(body, raw, multipart):
+        if multipart:
+            r = client.post("/v1/predict", files={"video": ("v.mp4", raw, "video/mp4")},
+                            data={"title": json.dumps(body)[:50]})
+        else:
+            r = client.post("/v1/predict", content=json.dumps(body).encode() if raw[:1] != b"\x00" else raw,
+                            headers={"content-type": "application/json"})
+        assert r.status_code < 500, (r.status_code, r.text)
+        if r.status_code >= 400:
+            assert isinstance(r.json()["detail"], str)
+
+    probe()
+    assert client.get("/healthz").status_code == 200

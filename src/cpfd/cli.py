@@ -410,7 +410,9 @@ def serve(
     runtime: Annotated[Runtime, typer.Option(help="inference engine")] = Runtime.torch,
     max_upload_mb: Annotated[float, typer.Option(help="largest request body, MiB")] = 50.0,
     max_text_chars: Annotated[int, typer.Option(help="longest text field")] = 5000,
-    timeout_s: Annotated[float, typer.Option(help="per-request time limit")] = 30.0,
+    timeout_s: Annotated[float, typer.Option(help="per-request time limit, body reading included")] = 30.0,
+    body_timeout_s: Annotated[float, typer.Option(help="time allowed to receive a request body")] = 15.0,
+    decode_workers: Annotated[int, typer.Option(help="video decoding processes")] = 2,
 ) -> None:
     """Serve the student over HTTP (FastAPI + uvicorn): /healthz, /v1/model, /v1/predict, docs at /docs."""
     import uvicorn
@@ -418,7 +420,8 @@ def serve(
     from cpfd.export.runtime import StudentBundle
     from cpfd.serve.app import Limits, create_app
 
-    limits = Limits(max_upload_bytes=int(max_upload_mb * 2**20), max_text_chars=max_text_chars, timeout_s=timeout_s)
+    limits = Limits(max_upload_bytes=int(max_upload_mb * 2**20), max_text_chars=max_text_chars, timeout_s=timeout_s,
+                    body_timeout_s=body_timeout_s, decode_workers=decode_workers)
     uvicorn.run(create_app(StudentBundle(bundle, Runtime(runtime).value), limits), host=host, port=port,
                 log_level="info")
 
