@@ -399,3 +399,50 @@ def test_fuzzed_requests_never_get_a_5xx(client):
 
     probe()
     assert client.get("/healthz").status_code == 200
+
+
+def test_predict_never_overwrites_an_input_and_never_leaves_half_a_file(exported, tmp_path, monkeypatch):
+    from cpfd.export import predict as predict_module
+
+    runner = CliRunner()
+    table = exported / "ds" / "data.parquet"
+    before = table.read_bytes()
+    result = runner.invoke(app, ["predict", str(exported / "bundle"), str(exported / "ds"), "--out", str(table)])
+    assert result.exit_code == 2 and "is an input of this run" in result.output and table.read_bytes() == before
+    calls = {"n": 0}
+    real = predict_module._score_chunk
+
+    def crash_on_second_chunk(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("killed mid-run")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predict_module, "_score_chunk", crash_on_second_chunk)
+    out = tmp_path / "preds.parquet"
+    with pytest.raises(RuntimeError, match="killed mid-run"):
+        predict_module.predict_dataset(StudentBundle(exported / "bundle"), exported / "ds", out, batch_rows=5,
+                                       progress=False)
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_one_out_of_range_value_fails_only_its_own_row(tmp_path):
+    from conftest import make_dataset
+
+    ds = make_dataset(tmp_path / "ds", n=100)
+    runner = CliRunner()
+    fast = ["--set", "train.progress=false", "--set", "train.min_steps=0", "--set", "model.d_model=16"]
+    for args in (["distill", str(ds), "--method", "none", "--out", str(tmp_path / "student"), "--epochs", "1", *fast],
+                 ["export", str(tmp_path / "student"), "--out", str(tmp_path / "bundle")]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+    df = pd.read_parquet(ds / "data.parquet")
+    df.loc[7, "emb_2"] = 1e39
+    df.to_parquet(ds / "data.parquet")
+    result = runner.invoke(app, ["predict", str(tmp_path / "bundle"), str(ds), "--out", str(tmp_path / "p.parquet"),
+                                 "--batch-rows", "50"])
+    assert result.exit_code == 0, result.output
+    preds = pd.read_parquet(tmp_path / "p.parquet")
+    assert len(preds) == 100 and preds["error"].notna().sum() == 1
+    assert "row 8, column 'emb_2': value beyond the float32 range" in preds.loc[7, "error"]
+    assert preds.loc[[6, 8], "spam_prob"].notna().all()

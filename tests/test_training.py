@@ -251,3 +251,21 @@ def test_bring_your_own_teacher_outputs_are_validated_and_cached(fitted, tmp_pat
     message = str(err.value)
     assert "bad.parquet, column 'video_id': 1 dataset row(s) have no teacher outputs [id: v0005]" in message
     assert "column 'logits_category', row 7: task 'category': expected 3 finite logit(s) per row [id: v0007]" in message
+
+
+def test_resume_refuses_another_dataset_or_config_and_restores_from_one_file(fitted, tmp_path):
+    from cpfd.errors import UsageError
+
+    root, data, cfg, fabric = fitted
+    distill(data, cfg, tmp_path / "run", fabric, root / "teacher")
+    other = cfg.model_copy(deep=True)
+    other.distill.lam = 0.9
+    with pytest.raises(UsageError, match=r"distill.lam: 0.5 -> 0.9"):
+        distill(data, other, tmp_path / "run", fabric, root / "teacher", resume=True)
+    changed = load_dataset(make_dataset(tmp_path / "ds2", n=200, n_unlabelled=100, seed=5))
+    with pytest.raises(UsageError, match="another dataset"):
+        distill(changed, cfg, tmp_path / "run", fabric, root / "teacher", resume=True)
+    # The resumable state holds the weights itself: a kill between the two checkpoint files cannot mix steps.
+    state = load_file(str(tmp_path / "run" / "checkpoints" / "last_state.safetensors"))
+    last = load_file(str(tmp_path / "run" / "checkpoints" / "last.safetensors"))
+    assert all(torch.equal(state[f"model/{k}"], v) for k, v in last.items())

@@ -22,6 +22,8 @@ from cpfd.data.contract import DatasetError, Problem, load_spec
 from cpfd.data.preprocess import feature_block, media_problem
 from cpfd.data.table import expand_columns
 from cpfd.data.video import MediaError
+from cpfd.errors import UsageError
+from cpfd.io import atomic_write
 from cpfd.export.runtime import InputError, StudentBundle
 from cpfd.task_types import is_missing, task_type
 
@@ -47,10 +49,17 @@ def _columns(path: Path) -> list[str]:
 
 def predict_dataset(bundle: StudentBundle, folder: str | Path, out_path: str | Path, batch_rows: int = 256,
                     log: Callable[[str], None] = print, progress: bool = True) -> int:
+    """Score every row of the dataset into ``out_path``. The file is written under a temporary name and renamed
+    only when every row is in it, so a crash leaves no half-written predictions."""
     spec, root = load_spec(folder)
     files = sorted(Path(p) for p in glob.glob(str(root / spec.table)))
     if not files:
         raise DatasetError([Problem(str(root / "dataset.yaml"), f"table {spec.table!r} matches no file")])
+    out_path = Path(out_path)
+    inputs_of_the_run = {p.resolve() for p in files} | {(root / "dataset.yaml").resolve(), bundle.folder.resolve()}
+    if out_path.resolve() in inputs_of_the_run or out_path.resolve().parent == bundle.folder.resolve():
+        raise UsageError(f"--out {out_path} is an input of this run (a table of the dataset, its dataset.yaml or "
+                         "the bundle); write the predictions elsewhere")
     inputs = bundle.inputs_spec
     columns = _columns(files[0])
     feature_cols, unmatched = expand_columns(inputs.get("features") or [], columns)
@@ -62,23 +71,24 @@ def predict_dataset(bundle: StudentBundle, folder: str | Path, out_path: str | P
     if privileged:
         log(f"predict: ignoring {len(privileged)} privileged column(s) ({', '.join(privileged[:5])}"
             f"{' ...' if len(privileged) > 5 else ''}): the student does not take them")
-    writer = None
     total = 0
     bar = tqdm(desc="predict", unit="row", disable=not progress)
+
+    def write(tmp: str) -> None:
+        nonlocal total
+        with pq.ParquetWriter(tmp, output_schema(bundle)) as writer:
+            for file in files:
+                offset = 0
+                for df in _chunks(file, batch_rows):
+                    writer.write_table(_score_chunk(bundle, df, root, spec.id, feature_cols, file, offset))
+                    offset += len(df)
+                    total += len(df)
+                    bar.update(len(df))
+
     try:
-        for file in files:
-            offset = 0
-            for df in _chunks(file, batch_rows):
-                table = _score_chunk(bundle, df, root, spec.id, feature_cols, file, offset)
-                writer = writer or pq.ParquetWriter(str(out_path), table.schema)
-                writer.write_table(table)
-                offset += len(df)
-                total += len(df)
-                bar.update(len(df))
+        atomic_write(out_path, write)
     finally:
         bar.close()
-        if writer:
-            writer.close()
     return total
 
 

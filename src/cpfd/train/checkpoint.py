@@ -1,7 +1,6 @@
-"""The resumable training state, written atomically beside the weights (``cpfd.io.save_weights``).
-
-It is a safetensors file of optimizer tensors and the RNG state whose metadata carries the JSON-able rest (epoch,
-best score, optimizer param groups).
+"""The resumable training state: one safetensors file, written atomically, holding the model weights, the
+optimizer tensors and the RNG state, with the JSON-able rest (epoch, step, best score, optimizer param groups,
+scheduler) in its metadata. Being one file, a kill can never leave weights and optimizer from different steps.
 """
 
 from __future__ import annotations
@@ -16,9 +15,12 @@ from cpfd.io import atomic_write
 
 
 def save_training_state(path: str | Path, optimizer: torch.optim.Optimizer, info: dict,
-                        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> Path:
+                        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                        model_state: dict[str, torch.Tensor] | None = None) -> Path:
     opt = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {"rng/torch": torch.get_rng_state()}
+    for name, value in (model_state or {}).items():
+        tensors[f"model/{name}"] = value.detach().cpu().contiguous()
     for pid, slots in opt["state"].items():
         for key, value in slots.items():
             tensors[f"opt/{pid}/{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
@@ -29,7 +31,9 @@ def save_training_state(path: str | Path, optimizer: torch.optim.Optimizer, info
 
 
 def load_training_state(path: str | Path, optimizer: torch.optim.Optimizer,
-                        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> dict:
+                        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+                        ) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(the JSON-able state, the model weights) saved by :func:`save_training_state`."""
     tensors = load_file(str(path))
     with safe_open(str(path), framework="pt") as fh:
         meta = fh.metadata()
@@ -42,4 +46,5 @@ def load_training_state(path: str | Path, optimizer: torch.optim.Optimizer,
     torch.set_rng_state(tensors["rng/torch"])
     if scheduler is not None and "scheduler" in meta:
         scheduler.load_state_dict({**json.loads(meta["scheduler"]), "lr_lambdas": [None] * len(optimizer.param_groups)})
-    return json.loads(meta["info"])
+    weights = {name[len("model/"):]: value for name, value in tensors.items() if name.startswith("model/")}
+    return json.loads(meta["info"]), weights

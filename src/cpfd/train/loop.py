@@ -133,9 +133,9 @@ def fit(fabric: Fabric, task: DistillTask, data: PreparedData, train_idx: np.nda
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: budget.lr_factor(step, cfg.schedule))
     state = {"epoch": -1, "step": 0, "best_key": math.inf, "best_epoch": -1, "best_step": 0, "best_f1": float("nan"),
              "best_val_loss": math.inf, "history": []}
-    if resume and run.last.exists():
-        load_weights(task.model, run.last)
-        state = load_training_state(run.last_state, optimizer, scheduler)
+    if resume and run.last_state.exists():
+        state, weights = load_training_state(run.last_state, optimizer, scheduler)
+        task.model.load_state_dict(weights)
         fabric.print(f"resuming {run.path} at epoch {state['epoch'] + 2}")
     history = state["history"]
     task.model, optimizer = fabric.setup(task.model, optimizer)
@@ -201,7 +201,7 @@ def fit(fabric: Fabric, task: DistillTask, data: PreparedData, train_idx: np.nda
         state |= {"epoch": epoch, "step": step, "history": history}
         if fabric.is_global_zero:
             save_weights(unwrap(task.model), run.last)
-            save_training_state(run.last_state, optimizer, state, scheduler)
+            save_training_state(run.last_state, optimizer, state, scheduler, unwrap(task.model).state_dict())
         if show:
             tqdm.write(f"{desc} epoch {epoch + 1}/{budget.epochs} (step {step}): loss "
                        f"{record.get('train/loss', float('nan')):.4f} val loss {val_loss:.4f} val F1 "

@@ -57,6 +57,32 @@ def _teacher_objective(cfg: RunConfig, data: PreparedData):
     return WithAuxiliary(labels_only, cfg.teacher.aux_weight)
 
 
+RESUMABLE_CHANGES = {"train.epochs", "train.progress"}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out |= _flatten(v, key + ".") if isinstance(v, dict) else {key: v}
+    return out
+
+
+def check_resume(run: RunFolder, cfg: RunConfig, data: PreparedData) -> None:
+    """``--resume`` continues the same run: the same dataset and the same config (more epochs are allowed)."""
+    if not run.run_file.exists():
+        return
+    if run.info.get("fingerprint") != data.fingerprint:
+        raise UsageError(f"--resume: {run.path} was trained on another dataset or another version of it "
+                         f"(fingerprint {str(run.info.get('fingerprint'))[:12]} != {data.fingerprint[:12]})")
+    before, now = _flatten(run.config.model_dump(mode="json")), _flatten(cfg.model_dump(mode="json"))
+    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        diffs = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
+        raise UsageError(f"--resume: the config differs from the run's own ({diffs}); resume with the same config "
+                         "or start a new run folder")
+
+
 def fold_assignment(data: PreparedData, cfg: RunConfig) -> list[np.ndarray]:
     rows = np.random.default_rng(cfg.train.seed).permutation(data.indices("train", labelled_only=True))
     return [np.sort(part) for part in np.array_split(rows, cfg.teacher.oof_folds)]
@@ -66,6 +92,8 @@ def fit_teacher(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, res
                 log: Log = print, extra: dict | None = None) -> dict:
     """Train the teacher (early stopping on val F1), its fold teachers if ``oof_folds``, then cache its outputs."""
     run = RunFolder(run_dir)
+    if resume:
+        check_resume(run, cfg, data)
     if fabric.is_global_zero:
         _write_run(run, cfg, data, "teacher", extra)
     labelled = data.indices("train", labelled_only=True)
@@ -113,6 +141,8 @@ def distill(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, teacher
             log: Log = print, extra: dict | None = None) -> dict:
     """Train a student: ``method=none`` (baseline), ``pfd``, ``cpfd`` (or a registered loss) against a teacher."""
     run = RunFolder(run_dir)
+    if resume:
+        check_resume(run, cfg, data)
     objective_cls = LOSSES.get(cfg.distill.method)
     targets = teacher = None
     if objective_cls.distils:
