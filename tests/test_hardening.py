@@ -146,3 +146,89 @@ def test_validate_decode_finds_undecodable_clips_in_one_pass(tmp_path):
     result = runner.invoke(app, ["validate", str(folder), "--decode", "--set", "extract.workers=0"])
     assert result.exit_code == 2
     assert "column 'video', row 3: cannot decode" in result.output and "row 8: no video stream" in result.output
+
+
+def test_datasets_are_confined_to_their_folder(tmp_path):
+    import os
+
+    from test_video import _video_dataset
+
+    folder = _video_dataset(tmp_path / "ds", n=10)
+    outside = write_video(tmp_path / "outside.mp4", n_frames=4, size=32)
+    os.symlink(outside, folder / "clips" / "link.mp4")
+    df = pd.read_parquet(folder / "data.parquet")
+    df.loc[1, "video"] = "../outside.mp4"
+    df.loc[2, "video"] = str(outside)
+    df.loc[3, "video"] = "clips/link.mp4"
+    df.loc[4, "video"] = "/dev/zero"
+    df.to_parquet(folder / "data.parquet")
+    with pytest.raises(DatasetError) as err:
+        load_dataset(folder)
+    msg = str(err.value)
+    assert msg.count("leaves the dataset folder") == 4 and "/dev/zero" in msg and "clips/link.mp4" in msg
+    assert all(f"row {r}:" in msg for r in (2, 3, 4, 5))
+    spec = yaml.safe_load((folder / "dataset.yaml").read_text())
+    spec["table"] = "../elsewhere.parquet"
+    df.to_parquet(tmp_path / "elsewhere.parquet")
+    (folder / "dataset.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(DatasetError, match="table: path .* leaves the dataset folder"):
+        load_dataset(folder)
+    spec["allow_outside"] = True
+    (folder / "dataset.yaml").write_text(yaml.safe_dump(spec))
+    df.loc[4, "video"] = "clips/c4.mp4"
+    df.to_parquet(tmp_path / "elsewhere.parquet")
+    assert len(load_dataset(folder)) == 10  # shared storage, explicitly allowed
+
+
+def test_messages_escape_values_and_show_only_the_offending_cells(tmp_path):
+    def nasty(df):
+        df.loc[3, "video_id"] = "v0001"
+        df.loc[1, "video_id"] = "v0001"
+        return df
+
+    folder = make_dataset(tmp_path / "ds", n=40, mutate=nasty)
+    df = pd.read_parquet(folder / "data.parquet")
+    df.loc[1, "video_id"] = "bad\x1b[31mid"
+    df.loc[3, "video_id"] = "bad\x1b[31mid"
+    df.to_parquet(folder / "data.parquet")
+    with pytest.raises(DatasetError) as err:
+        load_dataset(folder)
+    assert "bad\\x1b[31mid" in str(err.value) and "\x1b" not in str(err.value)
+
+
+def test_corrupt_cache_files_are_reported_and_rebuilt(tmp_path):
+    from cpfd.data.embeddings import MediaRow, extract_text
+    from cpfd.data.preprocess import Preprocessor
+
+    pre = Preprocessor(ExtractConfig(max_tokens=8, shard_size=2))
+    texts = ["a first title", "a second one", "third"]
+    clean, _ = extract_text(texts, pre, tmp_path)
+    shard = sorted(tmp_path.glob("text-*/shard-*.parquet"))[0]
+    raw = bytearray(shard.read_bytes())
+    middle = len(raw) // 2
+    raw[middle] ^= 0x01
+    raw[middle + 7] ^= 0x10  # two flipped bits inside the stored vectors
+    shard.write_bytes(bytes(raw))
+    again, _ = extract_text(texts, pre, tmp_path)
+    assert np.allclose(again, clean, atol=1e-6)
+    assert list(tmp_path.glob("text-*/*.corrupt"))  # set aside, not silently reused
+
+
+def test_corrupt_or_truncated_teacher_cache_is_rebuilt(tmp_path):
+    import torch
+
+    from cpfd.distill.targets import TeacherTargets, get_or_build, save_targets
+
+    good = TeacherTargets({"t": torch.arange(6.0).reshape(3, 2)}, torch.zeros(3, 4), {"t": 1.0})
+    path = tmp_path / "teacher_outputs.safetensors"
+    save_targets(path, good, "k")
+    raw = bytearray(path.read_bytes())
+    raw[-5] ^= 0xFF  # random bytes in the cached logits
+    path.write_bytes(bytes(raw))
+    messages: list[str] = []
+    rebuilt = get_or_build(path, "k", lambda: good, messages.append)
+    assert torch.equal(rebuilt.logits["t"], good.logits["t"]) and "corrupt" in messages[0]
+    path.write_bytes(path.read_bytes()[:40])  # truncated
+    messages.clear()
+    get_or_build(path, "k", lambda: good, messages.append)
+    assert "cannot be read" in messages[0]

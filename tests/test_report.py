@@ -41,7 +41,7 @@ def test_report_sentences_follow_the_standard_errors():
                                    {"mean": 0.01, "se": 0.01, "n": 5, "verdict": "no difference"}))
     text = "\n".join(lines)
     assert "no difference between CPFD and PFD" in text and "beats" not in text
-    assert "the teacher is below its simple reference** (logreg_privileged): -0.0800 ± 0.0100" in text
+    assert "the teacher is below its simple reference** (logreg_privileged): -0.0800 ± 0.0100 (paired s.e.)." in text
     assert "Calibration worsened test ECE** for spam" in text
     assert "Gap closed is undefined (teacher–baseline gap within noise" in text
     lines = verdict_lines(_results({"mean": 0.02, "se": 0.005, "n": 5, "verdict": "better"},

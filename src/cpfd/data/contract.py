@@ -6,6 +6,7 @@ record of that file, whatever its format.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -18,6 +19,21 @@ from cpfd.registry import TASK_TYPES
 
 SPLITS = ("train", "val", "test")
 MAX_LISTED_ROWS = 10
+
+
+def printable(value: object, limit: int = 64) -> str:
+    """A value as it may appear in a message: control characters escaped, at most ``limit`` characters."""
+    text = re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", str(value))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def confined(root: Path, value: str, allow_outside: bool) -> Path:
+    """``root / value`` with symlinks resolved; a path that leaves ``root`` is refused unless ``allow_outside``."""
+    path = (root / value).resolve()
+    if not allow_outside and not path.is_relative_to(root.resolve()):
+        raise ValueError(f"path {printable(value)!r} leaves the dataset folder (absolute, '..' or a symlink); set "
+                         "allow_outside: true in dataset.yaml to read shared storage")
+    return path
 
 
 @dataclass
@@ -40,7 +56,8 @@ class Problem:
             where.append(f"row{'s' if len(self.rows) > 1 else ''} {shown}{more}")
         ids = ""
         if self.ids:
-            ids = f" [id: {', '.join(self.ids[:MAX_LISTED_ROWS])}{' ...' if len(self.ids) > MAX_LISTED_ROWS else ''}]"
+            shown = ", ".join(printable(i) for i in self.ids[:MAX_LISTED_ROWS])
+            ids = f" [id: {shown}{' ...' if len(self.ids) > MAX_LISTED_ROWS else ''}]"
         return f"{', '.join(where)}: {self.message}{ids}"
 
 
@@ -89,6 +106,7 @@ class DatasetSpec(_Strict):
     id: str
     split: str | None = None
     group: str | None = None
+    allow_outside: bool = False  # table and media paths may leave the dataset folder (shared storage)
     inputs: InputsSpec
     privileged: list[str] = Field(default_factory=list)
     tasks: list[TaskSpec] = Field(min_length=1)

@@ -71,20 +71,41 @@ def text_key(text: str, encoder_fp: str) -> str:
     return hashlib.sha256(json.dumps([text, encoder_fp]).encode()).hexdigest()[:32]
 
 
-class ShardStore:
-    """key -> float32 arrays, in Parquet shards (``shard-*.parquet``) written atomically."""
+def _digest(keys: list[str], columns: dict[str, list[bytes]]) -> str:
+    h = hashlib.sha256("\n".join(keys).encode())
+    for name in sorted(columns):
+        for blob in columns[name]:
+            h.update(blob)
+    return h.hexdigest()
 
-    def __init__(self, folder: Path):
+
+class ShardStore:
+    """key -> float32 arrays, in Parquet shards (``shard-*.parquet``) written atomically, each carrying a SHA-256 of
+    its content: a shard that does not match (flipped bits, truncation) is reported, set aside as ``*.corrupt``
+    and its rows are encoded again."""
+
+    def __init__(self, folder: Path, log: Callable[[str], None] = print):
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
         self.index: dict[str, dict[str, np.ndarray]] = {}
         for shard in sorted(folder.glob("shard-*.parquet")):
-            table = pq.read_table(shard).to_pydict()
-            shapes = {k: json.loads(v) for k, v in (pq.read_schema(shard).metadata or {}).items()
-                      if k.decode().startswith("shape:") for k, v in [(k.decode()[6:], v.decode())]}
-            for i, key in enumerate(table["key"]):
-                self.index[key] = {name: np.frombuffer(table[name][i], dtype=np.float32).reshape(shape)
-                                   for name, shape in shapes.items()}
+            try:
+                loaded = self._read(shard)
+            except (OSError, ValueError, pa.ArrowException) as err:
+                log(f"extract: cache shard {shard} is corrupt ({err}); its rows will be encoded again")
+                shard.replace(shard.with_suffix(".corrupt"))
+                continue
+            self.index.update(loaded)
+
+    @staticmethod
+    def _read(shard: Path) -> dict[str, dict[str, np.ndarray]]:
+        table = pq.read_table(shard).to_pydict()
+        meta = {k.decode(): v.decode() for k, v in (pq.read_schema(shard).metadata or {}).items()}
+        shapes = {k[6:]: json.loads(v) for k, v in meta.items() if k.startswith("shape:")}
+        if meta.get("sha256") != _digest(table["key"], {name: table[name] for name in shapes}):
+            raise ValueError("content does not match its checksum")
+        return {key: {name: np.frombuffer(table[name][i], dtype=np.float32).reshape(shape)
+                      for name, shape in shapes.items()} for i, key in enumerate(table["key"])}
 
     def shards(self) -> list[Path]:
         return sorted(self.folder.glob("shard-*.parquet"))
@@ -96,6 +117,7 @@ class ShardStore:
         for name in names:
             columns[name] = [np.ascontiguousarray(items[k][name], dtype=np.float32).tobytes() for k in keys]
         meta = {f"shape:{name}": json.dumps(list(items[keys[0]][name].shape)) for name in names}
+        meta["sha256"] = _digest(keys, {name: columns[name] for name in names})
         table = pa.table(columns).replace_schema_metadata(meta)
         name = hashlib.sha256("".join(keys).encode()).hexdigest()[:16]
         path = self.folder / f"shard-{int(time.time() * 1e6):x}-{name}.parquet"
@@ -156,7 +178,7 @@ def extract_frames(rows: list[MediaRow], pre: Preprocessor, cache: Path, log: Ca
     report = ExtractReport()
     tic = time.perf_counter()
     fingerprint = pre.frame_encoder.fingerprint()
-    store = ShardStore(cache / f"frames-{fingerprint}")
+    store = ShardStore(cache / f"frames-{fingerprint}", log)
     keys = {r.index: frames_key(r, fingerprint, cfg.sampling) for r in rows}
     todo = [r for r in rows if keys[r.index] not in store.index]
     report.reused = len(rows) - len(todo)

@@ -176,7 +176,7 @@ def load_dataset(folder: str | Path, seed: int = 0, on_bad_video: str = "fail", 
     """
     spec, root = load_spec(folder)
     spec_path = root / "dataset.yaml"
-    df = read_table(root, spec.table)
+    df = read_table(root, spec.table, spec.allow_outside)
     yaml_file = str(spec_path)
     if not len(df):
         raise DatasetError([Problem(yaml_file, f"the table {spec.table!r} has no rows")])
@@ -223,7 +223,7 @@ def load_dataset(folder: str | Path, seed: int = 0, on_bad_video: str = "fail", 
         if column is None:
             continue
         bad = {i: reason for i, value in enumerate(df[column].tolist())
-               if (reason := media_problem(root, value, kind)) is not None}
+               if (reason := media_problem(root, value, kind, spec.allow_outside)) is not None}
         skipped += apply_media_policy(bad, on_bad_video, column, out.locate, log=log)
         if bad:
             df = df.drop(index=df.index[sorted(bad)]).reset_index(drop=True)

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from cpfd.config import ExtractConfig, FrameSampling
-from cpfd.data.contract import DatasetError, Problem
+from cpfd.data.contract import DatasetError, Problem, confined, printable
 from cpfd.data.video import IMAGE_SUFFIXES, FrameClip, MediaError, decode_video, read_frames_folder
 from cpfd.encoders import FrameEncoder, TextEncoder, create_encoder
 from cpfd.encoders.ocr import OCRReader
@@ -136,12 +136,18 @@ def feature_block(df: pd.DataFrame, columns: list[str], length: int | None = Non
 
 # ---- media ----------------------------------------------------------------------------------------------------
 
-def media_problem(root: Path, value: Any, kind: str) -> str | None:
-    """Why a row's media is unusable, or None (a cheap check; decoding comes at extraction)."""
+def media_problem(root: Path, value: Any, kind: str, allow_outside: bool = False) -> str | None:
+    """Why a row's media is unusable, or None (a cheap check; decoding comes at extraction). Paths stay inside
+    the dataset folder unless the dataset allows otherwise; devices and other non-regular files are refused."""
     if is_missing(value):
         return f"no {kind} path given"
-    path = root / str(value)
+    try:
+        path = confined(root, str(value), allow_outside)
+    except ValueError as err:
+        return str(err)
     if kind == "video":
+        if path.exists() and not path.is_file():
+            return f"not a regular file: {printable(value)}"
         if not path.is_file():
             return f"video file not found: {path}"
         if path.stat().st_size == 0:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cpfd.data.contract import DatasetError, Problem
+from cpfd.data.contract import DatasetError, Problem, confined, printable
 
 SOURCE_FILE = "__cpfd_file__"
 SOURCE_ROW = "__cpfd_row__"
@@ -20,11 +20,18 @@ READERS = {
 }
 
 
-def read_table(root: Path, pattern: str) -> pd.DataFrame:
+def read_table(root: Path, pattern: str, allow_outside: bool = False) -> pd.DataFrame:
     """Concatenate every file matching ``pattern`` (relative to ``root``), remembering each row's file and row."""
     paths = sorted(Path(p) for p in globlib.glob(str(root / pattern)))
     if not paths:
         raise DatasetError([Problem(str(root / "dataset.yaml"), f"table {pattern!r} matches no file")])
+    for path in paths:
+        try:
+            confined(root, str(path.relative_to(root)) if path.is_relative_to(root) else str(path), allow_outside)
+        except ValueError as err:
+            raise DatasetError([Problem(str(root / "dataset.yaml"), f"table: {err}")]) from None
+        if not path.is_file():
+            raise DatasetError([Problem(str(root / "dataset.yaml"), f"table {printable(path)} is not a regular file")])
     frames = []
     for path in paths:
         reader = READERS.get(path.suffix.lower())

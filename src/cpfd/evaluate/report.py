@@ -77,7 +77,7 @@ def verdict_lines(results: dict) -> list[str]:
         if ref and (ref["verdict"] == "worse" or (ref["verdict"] == "not enough seeds" and ref["mean"] < 0)):
             sure = "" if ref["verdict"] == "worse" else " (too few seeds to tell from noise)"
             lines.append(f"**Warning: the {arm} is below its simple reference** ({ref['reference']}): "
-                         f"{ref['mean']:+.4f} ± {ref['se']:.4f} paired s.e.{sure}.")
+                         f"{ref['mean']:+.4f} ± {ref['se']:.4f} (paired s.e.){sure}.")
     below = [a for a, e in results["arms"].items() if a not in CORE_ARMS and not a.startswith("logreg_")
              and e["vs_baseline"]["verdict"] == "worse"]
     if below:

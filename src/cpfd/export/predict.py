@@ -80,7 +80,8 @@ def predict_dataset(bundle: StudentBundle, folder: str | Path, out_path: str | P
             for file in files:
                 offset = 0
                 for df in _chunks(file, batch_rows):
-                    writer.write_table(_score_chunk(bundle, df, root, spec.id, feature_cols, file, offset))
+                    writer.write_table(_score_chunk(bundle, df, root, spec.id, feature_cols, file, offset,
+                                                    spec.allow_outside))
                     offset += len(df)
                     total += len(df)
                     bar.update(len(df))
@@ -93,7 +94,7 @@ def predict_dataset(bundle: StudentBundle, folder: str | Path, out_path: str | P
 
 
 def _score_chunk(bundle: StudentBundle, df: pd.DataFrame, root: Path, id_col: str, feature_cols: list[str],
-                 file: Path, offset: int) -> pa.Table:
+                 file: Path, offset: int, allow_outside: bool = False) -> pa.Table:
     n = len(df)
     inputs = bundle.inputs_spec
     errors: list[str | None] = [None] * n
@@ -114,7 +115,7 @@ def _score_chunk(bundle: StudentBundle, df: pd.DataFrame, root: Path, id_col: st
     if media_col and ("frames" in bundle.input_names or bundle.reads_ocr):
         clips, ocr = [None] * n, [None] * n
         for i, value in enumerate(df[media_col].tolist()):
-            problem = media_problem(root, value, kind)
+            problem = media_problem(root, value, kind, allow_outside)
             if problem is None:
                 try:
                     clips[i] = bundle.pre.decode(root / str(value), kind).frames
