@@ -343,7 +343,6 @@ def test_a_dead_decode_worker_is_replaced_and_its_request_gets_a_503(exported):
 @pytest.mark.parametrize("kind", ["deep", "long-number", "bad-utf8", "surrogate", "features-file", "nul-filename",
                                   "nan-constant", "playlist"])
 def test_hostile_requests_get_a_4xx_json_detail(client, exported, kind):
-    emb = np.zeros((2, 1280)).tolist()
     headers = {"content-type": "application/json"}
     if kind == "deep":
         r = client.post("/v1/predict", content=b"[" * 100_000 + b"]" * 100_000, headers=headers)

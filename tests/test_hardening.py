@@ -197,7 +197,7 @@ def test_messages_escape_values_and_show_only_the_offending_cells(tmp_path):
 
 
 def test_corrupt_cache_files_are_reported_and_rebuilt(tmp_path):
-    from cpfd.data.embeddings import MediaRow, extract_text
+    from cpfd.data.embeddings import extract_text
     from cpfd.data.preprocess import Preprocessor
 
     pre = Preprocessor(ExtractConfig(max_tokens=8, shard_size=2))

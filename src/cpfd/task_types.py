@@ -323,8 +323,9 @@ class Multilabel(TaskType):
         y = labels.astype(int)
         pred = (probs >= np.asarray(thresholds)[None, :]).astype(int)
         varying = y.min(0) != y.max(0)
-        auc = (lambda fn: safe_metric(fn, y[:, varying], probs[:, varying], average="macro")
-               if varying.any() else float("nan"))
+        def auc(fn) -> float:
+            return safe_metric(fn, y[:, varying], probs[:, varying], average="macro") if varying.any() else float("nan")
+
         return out | {
             "f1": safe_metric(f1_score, y, pred, average="macro", zero_division=0),
             "f1_micro": safe_metric(f1_score, y, pred, average="micro", zero_division=0),

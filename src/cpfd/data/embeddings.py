@@ -24,7 +24,6 @@ import multiprocessing as mp
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 from tqdm.auto import tqdm
 
 from cpfd.config import ExtractConfig, FrameSampling

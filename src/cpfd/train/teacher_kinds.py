@@ -29,7 +29,6 @@ from cpfd.data.prepared import PreparedData
 from cpfd.errors import UsageError
 from cpfd.evaluate.references import student_matrix
 from cpfd.io import atomic_write_text
-from cpfd.runs import RunFolder
 
 GBDT_PARAMS = {"n_estimators": 2000, "learning_rate": 0.05, "num_leaves": 15, "min_child_samples": 10,
                "subsample": 0.8, "subsample_freq": 1, "colsample_bytree": 0.8, "reg_lambda": 1.0,
