@@ -41,7 +41,7 @@ test-all: $(STAMP) lint-imports
 
 bench: $(STAMP)
 	$(PY) bench/fashion_mnist.py
-	$(PY) bench/diabetes.py
+	$(PY) bench/tabular.py
 	$(PY) bench/speed.py
 	$(PY) bench/extraction.py
 

@@ -140,25 +140,21 @@ class TaskType:
         return f"label outside the declared classes {classes}"
 
 
-@TASK_TYPES.register("binary")
-class Binary(TaskType):
-    r"""One logit, :math:`q = \sigma(z)`; labels 0/1 or true/false; F1 of the positive class at the threshold
-    that maximises F1 on validation."""
+class Bernoulli(TaskType):
+    """Independent sigmoid outputs (binary: one, flattened to (B,); multilabel: one per label)."""
 
-    name = "binary"
-
-    def n_outputs(self, classes):
-        return 1
+    def _shape(self, x: Tensor) -> Tensor:
+        return x
 
     def probs(self, logits, temperature=1.0):
-        return torch.sigmoid((logits / temperature).reshape(-1))
+        return torch.sigmoid(self._shape(logits / temperature))
 
     def hard_loss(self, logits, labels):
-        return F.binary_cross_entropy_with_logits(logits.reshape(-1), labels.float(), reduction="none")
+        return F.binary_cross_entropy_with_logits(self._shape(logits), labels.float(), reduction="none")
 
     def kd_loss(self, student_logits, teacher_logits, temperature):
-        s = (student_logits / temperature).reshape(-1)
-        q_t = torch.sigmoid(teacher_logits.detach() / temperature).reshape(-1)
+        s = self._shape(student_logits / temperature)
+        q_t = torch.sigmoid(self._shape(teacher_logits.detach() / temperature))
         return F.binary_cross_entropy_with_logits(s, q_t, reduction="none") * temperature**2
 
     def two_class(self, probs):
@@ -170,6 +166,20 @@ class Binary(TaskType):
 
     def correct(self, probs, labels):
         return (probs >= 0.5).float() == labels.float()
+
+
+@TASK_TYPES.register("binary")
+class Binary(Bernoulli):
+    r"""One logit, :math:`q = \sigma(z)`; labels 0/1 or true/false; F1 of the positive class at the threshold
+    that maximises F1 on validation."""
+
+    name = "binary"
+
+    def _shape(self, x: Tensor) -> Tensor:
+        return x.reshape(-1)
+
+    def n_outputs(self, classes):
+        return 1
 
     def tune_thresholds(self, val_probs, val_labels):
         return [best_threshold(val_labels.astype(int), val_probs)]
@@ -283,7 +293,7 @@ class Multiclass(TaskType):
 
 
 @TASK_TYPES.register("multilabel")
-class Multilabel(TaskType):
+class Multilabel(Bernoulli):
     r"""L logits, one :math:`\sigma` per label; a list column or "a|b|c"; "" or [] is a labelled row with no tag,
     null is no label. Macro- and micro-F1 with per-label validation thresholds."""
 
@@ -292,26 +302,6 @@ class Multilabel(TaskType):
 
     def n_outputs(self, classes):
         return len(classes)
-
-    def probs(self, logits, temperature=1.0):
-        return torch.sigmoid(logits / temperature)
-
-    def hard_loss(self, logits, labels):
-        return F.binary_cross_entropy_with_logits(logits, labels.float(), reduction="none")
-
-    def kd_loss(self, student_logits, teacher_logits, temperature):
-        q_t = torch.sigmoid(teacher_logits.detach() / temperature)
-        return F.binary_cross_entropy_with_logits(student_logits / temperature, q_t, reduction="none") * temperature**2
-
-    def two_class(self, probs):
-        return torch.stack([1 - probs, probs], dim=-1)
-
-    def true_class_prob(self, probs, labels):
-        y = labels.float()
-        return y * probs + (1 - y) * (1 - probs)
-
-    def correct(self, probs, labels):
-        return (probs >= 0.5).float() == labels.float()
 
     def tune_thresholds(self, val_probs, val_labels):
         return [best_threshold(val_labels[:, k].astype(int), val_probs[:, k]) for k in range(val_probs.shape[1])]
