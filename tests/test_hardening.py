@@ -232,3 +232,30 @@ def test_corrupt_or_truncated_teacher_cache_is_rebuilt(tmp_path):
     messages.clear()
     get_or_build(path, "k", lambda: good, messages.append)
     assert "cannot be read" in messages[0]
+
+
+def test_runs_never_write_over_their_teacher_or_an_unrelated_folder(tmp_path):
+    from typer.testing import CliRunner
+
+    from cpfd.cli import app
+
+    ds = make_dataset(tmp_path / "ds", n=80)
+    runner = CliRunner()
+    fast = ["--epochs", "1", "--set", "train.min_steps=0", "--set", "train.progress=false", "--set", "model.d_model=16"]
+    assert runner.invoke(app, ["fit-teacher", str(ds), "--out", str(tmp_path / "teacher"), *fast]).exit_code == 0
+    before = sorted(p.name for p in (tmp_path / "teacher").rglob("*"))
+    result = runner.invoke(app, ["distill", str(ds), "--teacher", str(tmp_path / "teacher"), "--out",
+                                 str(tmp_path / "teacher"), *fast])
+    assert result.exit_code == 2 and "is the teacher's folder" in result.output
+    assert sorted(p.name for p in (tmp_path / "teacher").rglob("*")) == before
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("keep me")
+    for args in (["distill", str(ds), "--method", "none", "--out", str(tmp_path / "notes")],
+                 ["fit-teacher", str(ds), "--out", str(ds)]):
+        result = runner.invoke(app, args + fast)
+        assert result.exit_code == 2 and "not a previous" in result.output
+    assert (tmp_path / "notes" / "mine.txt").read_text() == "keep me" and (ds / "dataset.yaml").exists()
+    result = runner.invoke(app, ["distill", str(ds), "--method", "none", "--out", str(tmp_path / "teacher"), *fast])
+    assert result.exit_code == 2 and "not a previous student run" in result.output
+    # a previous run of the same command may be written over
+    assert runner.invoke(app, ["fit-teacher", str(ds), "--out", str(tmp_path / "teacher"), *fast]).exit_code == 0

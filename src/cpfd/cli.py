@@ -70,6 +70,7 @@ EpochsOpt = Annotated[Optional[int], typer.Option(help="maximum epochs (early st
 DevicesOpt = Annotated[Optional[int], typer.Option(help="processes for DDP (CPU: gloo); also works under torchrun")]
 BadVideoOpt = Annotated[BadMedia, typer.Option(help="bad or missing video/frames: fail, or skip and list the rows")]
 ResumeOpt = Annotated[bool, typer.Option(help="continue an interrupted run from its last checkpoint")]
+ForceOpt = Annotated[bool, typer.Option(help="write into a non-empty --out folder that is not a previous run")]
 
 
 def _version() -> str:
@@ -183,6 +184,7 @@ def fit_teacher_cmd(
     outputs: Annotated[Optional[Path], typer.Option(
         help="--kind file: parquet of your teacher's per-row logits (id column + logits_<task> columns)")] = None,
     resume: ResumeOpt = False,
+    force: ForceOpt = False,
     on_bad_video: BadVideoOpt = BadMedia.fail,
 ) -> None:
     """Stage 1: train the teacher (student inputs + privileged features), calibrate it, cache its outputs."""
@@ -195,7 +197,7 @@ def fit_teacher_cmd(
                                    "teacher.kind": kind})
     data = _load(dataset, on_bad_video, cfg)
     fabric = make_fabric(cfg.train)
-    metrics = fit_teacher(data, cfg, out_dir, fabric, resume=resume, log=fabric.print)
+    metrics = fit_teacher(data, cfg, out_dir, fabric, resume=resume, log=fabric.print, force=force)
     if metrics:
         _print_metrics(metrics, f"teacher {out_dir}")
         console.print(f"wrote {out_dir}/metrics.json", highlight=False)
@@ -223,6 +225,7 @@ def distill(
     epochs: EpochsOpt = None,
     devices: DevicesOpt = None,
     resume: ResumeOpt = False,
+    force: ForceOpt = False,
     on_bad_video: BadVideoOpt = BadMedia.fail,
 ) -> None:
     """Stage 2: train the student from labels (+ the teacher's cached soft labels, weighted by confidence for cpfd)."""
@@ -236,7 +239,7 @@ def distill(
         "distill.feature_kd": feature_kd, "train.seed": seed, "train.epochs": epochs, "train.devices": devices})
     data = _load(dataset, on_bad_video, cfg)
     fabric = make_fabric(cfg.train)
-    metrics = run_distill(data, cfg, out_dir, fabric, teacher, resume=resume, log=fabric.print)
+    metrics = run_distill(data, cfg, out_dir, fabric, teacher, resume=resume, log=fabric.print, force=force)
     if metrics:
         _print_metrics(metrics, f"student {out_dir} ({cfg.distill.method})")
         console.print(f"wrote {out_dir}/metrics.json", highlight=False)

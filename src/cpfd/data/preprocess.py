@@ -20,7 +20,7 @@ import torch
 
 from cpfd.config import ExtractConfig, FrameSampling
 from cpfd.data.contract import DatasetError, Problem, confined, printable
-from cpfd.data.video import IMAGE_SUFFIXES, FrameClip, MediaError, decode_video, read_frames_folder
+from cpfd.data.video import IMAGE_SUFFIXES, DecodeLimits, FrameClip, MediaError, decode_video, read_frames_folder
 from cpfd.encoders import FrameEncoder, TextEncoder, create_encoder
 from cpfd.encoders.ocr import OCRReader
 from cpfd.task_types import is_missing
@@ -160,12 +160,14 @@ def media_problem(root: Path, value: Any, kind: str, allow_outside: bool = False
     return None
 
 
-def decode_media(task: tuple[str, str, dict]) -> tuple[FrameClip | None, str | None]:
-    """``(kind, path, sampling)`` -> (clip, None) or (None, reason). Picklable: runs in decoding workers."""
-    kind, path, sampling = task
+def decode_media(task: tuple) -> tuple[FrameClip | None, str | None]:
+    """``(kind, path, sampling[, max_seconds])`` -> (clip, None) or (None, reason). Picklable: runs in decoding
+    workers, where the decode limits are enforced (a server passes its request time limit as ``max_seconds``)."""
+    kind, path, sampling, *rest = task
+    limits = DecodeLimits(max_seconds=rest[0]) if rest else DecodeLimits()
     try:
         s = FrameSampling(**sampling)
-        clip = decode_video(path, s) if kind == "video" else read_frames_folder(path, s)
+        clip = decode_video(path, s, limits) if kind == "video" else read_frames_folder(path, s)
         return clip, None
     except MediaError as err:
         return None, str(err)

@@ -208,11 +208,14 @@ def create_app(bundle: StudentBundle, limits: Limits | None = None) -> FastAPI:
         with tempfile.NamedTemporaryFile(suffix=_safe_suffix(filename)) as tmp:
             tmp.write(data)
             tmp.flush()
-            clip, error = await pool.run(decode_media, ("video", tmp.name, bundle.sampling.model_dump()))
+            # The worker stops decoding by itself once the request's time is up, so a 504 frees it too.
+            clip, error = await pool.run(decode_media, ("video", tmp.name, bundle.sampling.model_dump(),
+                                                        limits.timeout_s))
             ocr_clip = None
             if not error and bundle.reads_ocr:
                 ocr_clip, error = await pool.run(decode_media, ("video", tmp.name,
-                                                                ocr_sampling(bundle.extract).model_dump()))
+                                                                ocr_sampling(bundle.extract).model_dump(),
+                                                                limits.timeout_s))
         if error:
             raise HTTPException(422, f"video cannot be used: {error.replace(tmp.name, 'the upload')}")
         ocr_text = await asyncio.get_running_loop().run_in_executor(None, bundle.pre.read_ocr, ocr_clip.frames[0]) \
@@ -241,7 +244,8 @@ def create_app(bundle: StudentBundle, limits: Limits | None = None) -> FastAPI:
         async def handle() -> dict:
             clips = None
             if ctype.startswith("application/json"):
-                raw = parse_json(body, limits)
+                # Parsed in a thread: a large body must not stall the event loop (and /healthz) while it parses.
+                raw = await asyncio.get_running_loop().run_in_executor(None, parse_json, body, limits)
                 if isinstance(raw, dict) and any("path" in k.lower() or k == "video" for k in raw):
                     raise HTTPException(400, "server-side paths are not accepted; upload the video as multipart")
                 try:

@@ -68,6 +68,19 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def check_destination(run: RunFolder, role: str, force: bool = False) -> None:
+    """A run writes into a new folder or over a previous run of the same role, never over anything else."""
+    if force or not run.path.exists():
+        return
+    if not run.path.is_dir():
+        raise UsageError(f"--out {run.path} is a file, not a run folder")
+    if not any(run.path.iterdir()):
+        return
+    if not run.run_file.exists() or RunFolder(run.path).info.get("role") != role:
+        raise UsageError(f"--out {run.path} is a non-empty folder that is not a previous {role} run; choose a new "
+                         "folder (or --force to write into it)")
+
+
 def check_resume(run: RunFolder, cfg: RunConfig, data: PreparedData) -> None:
     """``--resume`` continues the same run: the same dataset and the same config (more epochs are allowed)."""
     if not run.run_file.exists():
@@ -89,9 +102,11 @@ def fold_assignment(data: PreparedData, cfg: RunConfig) -> list[np.ndarray]:
 
 
 def fit_teacher(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, resume: bool = False,
-                log: Log = print, extra: dict | None = None) -> dict:
-    """Train the teacher (early stopping on val F1), its fold teachers if ``oof_folds``, then cache its outputs."""
+                log: Log = print, extra: dict | None = None, force: bool = False) -> dict:
+    """Train the teacher (early stopping on validation loss), its fold teachers if ``oof_folds``, then cache its
+    outputs."""
     run = RunFolder(run_dir)
+    check_destination(run, "teacher", force)
     if resume:
         check_resume(run, cfg, data)
     if fabric.is_global_zero:
@@ -138,9 +153,12 @@ def student_train_rows(data: PreparedData, cfg: RunConfig) -> np.ndarray:
 
 
 def distill(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, teacher_dir=None, resume: bool = False,
-            log: Log = print, extra: dict | None = None) -> dict:
+            log: Log = print, extra: dict | None = None, force: bool = False) -> dict:
     """Train a student: ``method=none`` (baseline), ``pfd``, ``cpfd`` (or a registered loss) against a teacher."""
     run = RunFolder(run_dir)
+    if teacher_dir is not None and RunFolder(teacher_dir).path.resolve() == run.path.resolve():
+        raise UsageError(f"--out {run.path} is the teacher's folder; the student needs a folder of its own")
+    check_destination(run, "student", force)
     if resume:
         check_resume(run, cfg, data)
     objective_cls = LOSSES.get(cfg.distill.method)
@@ -150,8 +168,6 @@ def distill(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, teacher
             raise UsageError(f"distill --method {cfg.distill.method} needs --teacher RUN (a folder made by "
                              "`cpfd fit-teacher`)")
         teacher_run = RunFolder(teacher_dir)
-        if teacher_run.path.resolve() == run.path.resolve():
-            raise UsageError(f"--out {run.path} is the teacher's folder; the student needs a folder of its own")
         with fabric.rank_zero_first():  # rank 0 builds the cache, the others then read it
             targets = teacher_targets(teacher_run, data, log if fabric.is_global_zero else (lambda _m: None))
         teacher = CachedTeacher(targets)
