@@ -237,7 +237,7 @@ def create_app(bundle: StudentBundle, limits: Limits | None = None) -> FastAPI:
         started = time.monotonic()
         ctype = request.headers.get("content-type", "")
         try:
-            body = await asyncio.wait_for(read_body(request), timeout=min(limits.body_timeout_s, limits.timeout_s))
+            body = await asyncio.wait_for(read_body(request), timeout=limits.body_timeout_s)
         except asyncio.TimeoutError:
             raise HTTPException(408, f"the request body did not arrive within {limits.body_timeout_s} s") from None
 
