@@ -82,6 +82,7 @@ def test_compare_writes_report_results_and_plots(tmp_path):
     assert "mean F1" in result.output
 
 
+@pytest.mark.slow
 def test_report_rebuilds_from_seeds_run_separately(tmp_path):
     ds = make_dataset(tmp_path / "ds", n=160)
     out = tmp_path / "cmp"
