@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -31,3 +33,22 @@ def write_dataset(folder: Path, df: pd.DataFrame, spec: dict) -> Path:
     df.to_parquet(folder / "data.parquet", index=False)
     (folder / "dataset.yaml").write_text(yaml.safe_dump({"format": 1, "table": "data.parquet", **spec}, sort_keys=False))
     return folder
+
+
+def start_server(bundle: Path, *args: str, stderr=subprocess.DEVNULL) -> tuple[subprocess.Popen, str]:
+    """``cpfd serve`` on a free loopback port, returned once /healthz answers: (process, base URL)."""
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "cpfd", "serve", str(bundle), "--port", str(port), *args],
+                            stdout=subprocess.DEVNULL, stderr=stderr)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(1200):
+        try:
+            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    return proc, base

@@ -13,10 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import OUT  # noqa: E402
+from common import OUT, start_server  # noqa: E402
 
 from cpfd.cli import app  # noqa: E402
 from cpfd.demo import generate  # noqa: E402
@@ -101,12 +98,6 @@ def compute(root: Path, data: Path) -> None:
     print(f"teacher / student FLOPs = {results['teacher'][0] / results['student'][0]:.3f}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def _load(base: str, clients: int, n: int, make_request) -> tuple[list[float], int, float]:
     import httpx
 
@@ -134,20 +125,9 @@ async def _load(base: str, clients: int, n: int, make_request) -> tuple[list[flo
 
 
 def load_test(root: Path, data: Path, clients: int, requests: int, uploads: int) -> None:
-    import httpx
 
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
-    proc = subprocess.Popen([sys.executable, "-m", "cpfd", "serve", str(root / "bundle"), "--port", str(port),
-                             "--runtime", "onnx"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+    proc, base = start_server(root / "bundle", "--runtime", "onnx")
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
         meta = json.loads((root / "bundle" / "bundle.json").read_text())
         k, d = meta["inputs"]["frames"]
         emb = np.random.default_rng(0).normal(size=(k, d)).round(4).tolist()

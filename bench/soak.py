@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -29,7 +26,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import OUT  # noqa: E402
+from common import OUT, start_server  # noqa: E402
 
 SETS = ["extract.sampling.num_frames=2", "extract.sampling.size=64", "extract.max_tokens=16", "extract.workers=0",
         "train.min_steps=50", "train.epochs=2", "train.progress=false"]
@@ -98,19 +95,8 @@ def main() -> None:
     args = parser.parse_args()
     root = OUT / "soak"
     data = build_bundle(root)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "cpfd", "serve", str(root / "bundle"), "--port", str(port),
-                               "--max-upload-mb", "2", "--timeout-s", "20"], stdout=subprocess.DEVNULL,
-                              stderr=open(root / "server.log", "w"))
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.2)
+    server, base = start_server(root / "bundle", "--max-upload-mb", "2", "--timeout-s", "20",
+                                stderr=open(root / "server.log", "w"))
     kinds = requests(data)
     statuses: Counter = Counter()
     by_kind: dict[str, Counter] = {k: Counter() for k in kinds}
