@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -190,6 +191,17 @@ def test_real_server_on_loopback(exported):
             except httpx.TransportError:
                 time.sleep(0.1)
         clip = (exported / "ds" / "clips" / "c2.mp4").read_bytes()
+
+        # 60 simultaneous first requests on the fresh server (JSON and uploads): none may fail.
+        async def burst() -> list[int]:
+            emb = np.zeros((2, 1280)).tolist()
+            async with httpx.AsyncClient(base_url=base, timeout=300) as c:
+                calls = [c.post("/v1/predict", json={"text": {"title": f"t{i}"}, "frame_embeddings": emb})
+                         if i % 2 else c.post("/v1/predict", files={"video": ("c.mp4", clip, "video/mp4")},
+                                              data={"title": f"t{i}"}) for i in range(60)]
+                return [r.status_code for r in await asyncio.gather(*calls)]
+
+        assert asyncio.run(burst()) == [200] * 60
         r = httpx.post(f"{base}/v1/predict", files={"video": ("c2.mp4", clip, "video/mp4")},
                        data={"title": "clip number 2"}, timeout=60)
         assert r.status_code == 200, r.text
