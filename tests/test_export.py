@@ -466,3 +466,30 @@ def test_one_out_of_range_value_fails_only_its_own_row(tmp_path):
     assert len(preds) == 100 and preds["error"].notna().sum() == 1
     assert "row 8, column 'emb_2': value beyond the float32 range" in preds.loc[7, "error"]
     assert preds.loc[[6, 8], "spam_prob"].notna().all()
+
+
+def test_export_never_deletes_what_it_did_not_write(exported, tmp_path):
+    from cpfd.data import load_dataset
+    from cpfd.export.bundle import ExportError, export_bundle
+    from cpfd.models.build import load_student
+    from cpfd.runs import RunFolder
+
+    run = RunFolder(exported / "student")
+    data = load_dataset(exported / "ds", extract=run.config.extract, log=lambda m: None)
+    student = load_student(run, data)
+    unrelated = tmp_path / "my_project"
+    unrelated.mkdir()
+    (unrelated / "notes.txt").write_text("keep me")
+    with pytest.raises(ExportError, match="not a bundle"):
+        export_bundle(run, unrelated, data, student)
+    assert (unrelated / "notes.txt").read_text() == "keep me"
+    with pytest.raises(ExportError, match="holds the run being exported"):
+        export_bundle(run, run.path.parent, data, student, force=True)
+    # Re-exporting over a good bundle: a failed parity check leaves the old bundle untouched.
+    good = tmp_path / "bundle"
+    export_bundle(run, good, data, student)
+    before = {p.name: p.read_bytes() for p in good.iterdir()}
+    with pytest.raises(ExportError, match="parity check failed"):
+        export_bundle(run, good, data, student, tolerance=-1.0)
+    assert {p.name: p.read_bytes() for p in good.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "my_project"]  # no temporary left behind

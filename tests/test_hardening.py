@@ -259,3 +259,13 @@ def test_runs_never_write_over_their_teacher_or_an_unrelated_folder(tmp_path):
     assert result.exit_code == 2 and "not a previous student run" in result.output
     # a previous run of the same command may be written over
     assert runner.invoke(app, ["fit-teacher", str(ds), "--out", str(tmp_path / "teacher"), *fast]).exit_code == 0
+
+
+def test_every_row_skipped_is_a_clear_error(tmp_path):
+    from test_video import _video_dataset
+
+    folder = _video_dataset(tmp_path / "ds", n=6)
+    for clip in (folder / "clips").iterdir():
+        clip.write_bytes(b"")
+    with pytest.raises(DatasetError, match=r"every row was skipped \(6 rows with bad media\)"):
+        load_dataset(folder, on_bad_video="skip", log=lambda m: None)
