@@ -106,7 +106,7 @@ def run_compare(data: PreparedData, cfg: RunConfig, out_dir: str | Path, opts: C
                 t_cfg.teacher.kind = "neural"
             t_cfg.teacher.oof_folds = max(cfg.teacher.oof_folds, 5) if kind == "oof" else 0
             teachers[kind] = folder.teacher(seed, kind).path
-            log(f"[seed {seed}] teacher ({kind})")
+            log(f"[seed {seed}, {s + 1} of {opts.seeds}] teacher ({kind})")
             extra = {"arm": asdict(teacher_arm)} if kind == "privileged" else {"teacher_kind": kind}
             fit_teacher(data, t_cfg, teachers[kind], fabric, log=log, extra=extra)
         for arm in arms:
@@ -114,7 +114,8 @@ def run_compare(data: PreparedData, cfg: RunConfig, out_dir: str | Path, opts: C
                 continue
             a_cfg = base.model_copy(deep=True)
             a_cfg.distill = a_cfg.distill.model_copy(update=arm.overrides)
-            log(f"[seed {seed}] {arm.name}: {arm.description}")
+            log(f"[seed {seed}, {s + 1} of {opts.seeds}] arm {arm.order + 1} of {len(arms) - 1}: {arm.name}: "
+                f"{arm.description}")
             distill(data, a_cfg, folder.arm(seed, arm.name).path, fabric, teachers.get(arm.teacher), log=log,
                     extra={"arm": asdict(arm)})
         # Deterministic given the data: fitted once, recorded beside every seed so each seed folder is complete.

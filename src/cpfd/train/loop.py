@@ -33,6 +33,8 @@ from cpfd.io import atomic_write_json, load_weights, save_weights
 from cpfd.runs import RunFolder
 from cpfd.train.batches import RowDataset, passthrough
 from cpfd.train.budget import plan_budget
+
+LOG_EVERY_S = 30.0
 from cpfd.train.checkpoint import load_training_state, save_training_state
 
 
@@ -151,6 +153,8 @@ def fit(fabric: Fabric, task: DistillTask, data: PreparedData, train_idx: np.nda
     # replay epoch 0's order after a resume; we set the epoch ourselves and move batches with fabric.to_device.
     loggers = [CSVLogger(run.logs, name="csv"), TensorBoardLogger(run.logs, name="tensorboard")]
     show = cfg.progress and fabric.is_global_zero
+    # Without bars (not a terminal, e.g. CI or a log file) a plain line every LOG_EVERY_S seconds says where it is.
+    last_line = time.monotonic()
 
     stopped_early = False
     step = state["step"]
@@ -202,10 +206,14 @@ def fit(fabric: Fabric, task: DistillTask, data: PreparedData, train_idx: np.nda
         if fabric.is_global_zero:
             save_weights(unwrap(task.model), run.last)
             save_training_state(run.last_state, optimizer, state, scheduler, unwrap(task.model).state_dict())
+        line = (f"{desc} epoch {epoch + 1}/{budget.epochs} (step {step}/{budget.total_steps}): loss "
+                f"{record.get('train/loss', float('nan')):.4f} val loss {val_loss:.4f} val F1 "
+                f"{val['mean_f1']:.4f}{' *' if improved else ''} ({record['rows_per_s']:.0f} rows/s)")
         if show:
-            tqdm.write(f"{desc} epoch {epoch + 1}/{budget.epochs} (step {step}): loss "
-                       f"{record.get('train/loss', float('nan')):.4f} val loss {val_loss:.4f} val F1 "
-                       f"{val['mean_f1']:.4f}{' *' if improved else ''} ({record['rows_per_s']:.0f} rows/s)")
+            tqdm.write(line)
+        elif fabric.is_global_zero and time.monotonic() - last_line >= LOG_EVERY_S:
+            fabric.print(line, flush=True)
+            last_line = time.monotonic()
         if step - state["best_step"] >= budget.patience_steps and step >= budget.min_steps:
             stopped_early = True
             break
