@@ -106,9 +106,10 @@ def fit_teacher(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, res
     """Train the teacher (early stopping on validation loss), its fold teachers if ``oof_folds``, then cache its
     outputs."""
     run = RunFolder(run_dir)
-    check_destination(run, "teacher", force)
-    if resume:
-        check_resume(run, cfg, data)
+    if fabric.is_global_zero:  # rank 0 owns the folder; the others would race with its writes
+        check_destination(run, "teacher", force)
+        if resume:
+            check_resume(run, cfg, data)
     if fabric.is_global_zero:
         _write_run(run, cfg, data, "teacher", extra)
     labelled = data.indices("train", labelled_only=True)
@@ -158,9 +159,10 @@ def distill(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, teacher
     run = RunFolder(run_dir)
     if teacher_dir is not None and RunFolder(teacher_dir).path.resolve() == run.path.resolve():
         raise UsageError(f"--out {run.path} is the teacher's folder; the student needs a folder of its own")
-    check_destination(run, "student", force)
-    if resume:
-        check_resume(run, cfg, data)
+    if fabric.is_global_zero:  # rank 0 owns the folder; the others would race with its writes
+        check_destination(run, "student", force)
+        if resume:
+            check_resume(run, cfg, data)
     objective_cls = LOSSES.get(cfg.distill.method)
     targets = teacher = None
     if objective_cls.distils:
