@@ -67,7 +67,7 @@ def main() -> None:
         student = build_student(data, cfg).to(device).train()
         opt = torch.optim.AdamW(student.parameters(), lr=1e-3)
         loss_fn = build_loss(cfg.distill.model_copy(update={"method": method}), types, targets.temperatures)
-        source = OnlineTeacher(teacher, targets.temperatures) if online else CachedTeacher(targets)
+        source = OnlineTeacher(teacher, targets) if online else CachedTeacher(targets)
         task = DistillTask(student, loss_fn, source)
         task.prepare(data.labels, data.label_mask)
 

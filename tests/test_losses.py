@@ -11,6 +11,7 @@ import torch
 from cpfd.config import DistillConfig
 from cpfd.distill.calibration import fit_temperature
 from cpfd.distill.confidence import CONFIDENCES
+from cpfd.distill.context import TaskContext
 from cpfd.distill.losses import LOSSES, build_loss, feature_kd_loss, hard_loss, kd_loss
 from cpfd.evaluate.diagnostics import effective_sample_size
 from cpfd.evaluate.metrics import best_threshold, gap_closed, task_metrics
@@ -53,6 +54,64 @@ def test_entropy_values():
 def test_margin_values():
     f = CONFIDENCES.get("margin")
     assert close(f(*BIN), [0.6, 0.4]) and close(f(*MC), [0.5]) and close(f(*ML), [[0.8, 0.2]])
+
+
+def _binary_scenario_case(min_group_rows: int):
+    # rows: 0, 1 train; 2-5 validation. Scenario a: teacher beats the reference; b: it is worse.
+    teacher = torch.tensor([0.9, 0.2, 0.8, 0.3, 0.4, 0.5])
+    reference = torch.tensor([0.7, 0.4, 0.6, 0.4, 0.8, 0.5])
+    labels = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 1.0])
+    context = TaskContext(split=np.array(["train", "train", "val", "val", "val", "val"]),
+                          groups=np.array(list("abaabb")), reference_probs=reference, min_group_rows=min_group_rows)
+    return CONFIDENCES.get("scenario_reliability")(teacher, labels, torch.ones(6, dtype=torch.bool), "binary",
+                                                   context=context)
+
+
+def test_scenario_reliability_values():
+    # a: mean log-gain (log .8/.6 + log .7/.6)/2 > 0 -> c_a = 1; b: (log .4/.8 + log .5/.5)/2 -> c_b = sqrt(.5).
+    # Normalised by the train mean (1 + .70711)/2 = .85355: a -> 1.171573, b -> 0.828427.
+    c = _binary_scenario_case(min_group_rows=2)
+    a, b = 1.171573, 0.828427
+    assert torch.allclose(c, torch.tensor([a, b, a, a, b, b]), atol=1e-5)
+
+
+def test_scenario_reliability_falls_back_to_one_global_weight_for_small_scenarios():
+    # Groups of 2 validation rows < 3: one global reliability, so after normalisation every weight is 1 (= PFD).
+    assert torch.allclose(_binary_scenario_case(min_group_rows=3), torch.ones(6), atol=1e-6)
+
+
+def test_reference_agreement_values():
+    fn = CONFIDENCES.get("reference_agreement")
+    context = TaskContext(split=np.array(["train"]), reference_probs=torch.tensor([0.6]))
+    # min(.1, .4) + min(.9, .6) = .7
+    assert fn(torch.tensor([0.9]), torch.zeros(1), torch.zeros(1, dtype=torch.bool), "binary",
+              context=context).item() == pytest.approx(0.7)
+    context = TaskContext(split=np.array(["train"]), reference_probs=torch.tensor([[0.2, 0.5, 0.3]]))
+    # min(.7,.2) + min(.2,.5) + min(.1,.3) = .5
+    assert fn(torch.tensor([[0.7, 0.2, 0.1]]), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.bool),
+              "multiclass", context=context).item() == pytest.approx(0.5)
+
+
+def test_oracle_gate_values():
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.3, 0.3, 0.4], [0.5, 0.4, 0.1]])
+    labels = torch.tensor([0, 0, -1, -1])
+    mask = torch.tensor([True, True, False, False])
+    # Row 2 is unlabelled with a hidden label (2: the teacher is right); row 3's hidden label is masked out.
+    context = TaskContext(split=np.array(["train"] * 4), oracle_labels=torch.tensor([1, 1, 2, 1]),
+                          oracle_mask=torch.tensor([False, False, True, False]))
+    c = CONFIDENCES.get("oracle_gate")(probs, labels, mask, "multiclass", context=context)
+    assert c.tolist() == [1.0, 0.0, 1.0, 1.0]
+
+
+def test_context_confidences_refuse_to_run_without_their_inputs():
+    probs, labels, mask = torch.tensor([0.9]), torch.ones(1), torch.ones(1, dtype=torch.bool)
+    bare = TaskContext(split=np.array(["train"]))
+    for name in ("scenario_reliability", "reference_agreement", "oracle_gate"):
+        with pytest.raises(ValueError, match="needs"):
+            CONFIDENCES.get(name)(probs, labels, mask, "binary", context=bare)
+    loss = build_loss(DistillConfig(method="cpfd", confidence="scenario_reliability"), {"t": "binary"})
+    with pytest.raises(ValueError, match="needs its context"):
+        loss.row_confidence("t", torch.zeros(1, 1), labels, mask)
 
 
 def test_registry_finds_a_new_confidence_by_name():

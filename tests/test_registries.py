@@ -3,10 +3,12 @@ add one and it is tested here without writing a test."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from cpfd.config import DistillConfig
+from cpfd.distill.context import TaskContext, takes_context
 from cpfd.distill.losses import build_loss
 from cpfd.encoders import EncoderError, FrameEncoder, TextEncoder, create_encoder
 from cpfd.registry import CONFIDENCES, ENCODERS, LOSSES, TASK_TYPES
@@ -38,14 +40,25 @@ def test_every_confidence_is_in_unit_range_has_the_right_shape_and_is_label_free
     tt = task_type(kind)
     logits, labels, mask = _case(kind)
     probs = tt.probs(logits)
-    c = fn(probs, labels, mask, kind)
+    extra = {}
+    if takes_context(fn):  # every row of a small dataset: two scenarios, labelled val rows, hidden labels
+        reference = tt.probs(torch.randn(logits.shape, generator=GEN))
+        hidden = _labels(kind, *SHAPES[kind])
+        extra["context"] = TaskContext(split=np.array(["train", "train", "val", "train", "train", "val"]),
+                                       groups=np.array(list("aabbab")), reference_probs=reference,
+                                       oracle_labels=hidden, oracle_mask=~mask, min_group_rows=1)
+    c = fn(probs, labels, mask, kind, **extra)
     expected = probs.shape if tt.per_label else probs.shape[:1]
     assert c.shape == expected
-    assert torch.all((c >= 0) & (c <= 1 + 1e-6))
+    if getattr(fn, "mean_one_over_train", False):  # a relative weight: λ keeps its mean over train rows
+        train = torch.from_numpy(extra["context"].split == "train")
+        assert torch.all(c >= 0) and torch.allclose(c[train].mean(0), torch.ones(()), atol=1e-5)
+    else:
+        assert torch.all((c >= 0) & (c <= 1 + 1e-6))
     # Rows without a label must not depend on the label value stored there.
     flipped = labels.clone()
     flipped[~mask] = (1 - flipped[~mask]) if kind != "multiclass" else (flipped[~mask] + 1) % SHAPES[kind][1]
-    c2 = fn(probs, flipped, mask, kind)
+    c2 = fn(probs, flipped, mask, kind, **extra)
     assert torch.equal(c[~mask], c2[~mask])
 
 

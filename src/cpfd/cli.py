@@ -207,6 +207,9 @@ def fit_teacher_cmd(
 def distill(
     dataset: DatasetArg,
     teacher: Annotated[Optional[Path], typer.Option(help="teacher run folder (from fit-teacher)")] = None,
+    reference: Annotated[Optional[Path], typer.Option(
+        help="a teacher run fitted without privileged features (--set teacher.use_privileged=false), for "
+             "confidences that compare against one (scenario_reliability, reference_agreement)")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="run folder to write")] = Path("runs/student"),
     method: Annotated[Optional[str], typer.Option(help="loss registry name: none (baseline), pfd, cpfd, or a "
                                                   "plugin's (see `cpfd list`)")] = None,
@@ -239,7 +242,8 @@ def distill(
         "distill.feature_kd": feature_kd, "train.seed": seed, "train.epochs": epochs, "train.devices": devices})
     data = _load(dataset, on_bad_video, cfg)
     fabric = make_fabric(cfg.train)
-    metrics = run_distill(data, cfg, out_dir, fabric, teacher, resume=resume, log=fabric.print, force=force)
+    metrics = run_distill(data, cfg, out_dir, fabric, teacher, resume=resume, log=fabric.print, force=force,
+                          reference_dir=reference)
     if metrics:
         _print_metrics(metrics, f"student {out_dir} ({cfg.distill.method})")
         console.print(f"wrote {out_dir}/metrics.json", highlight=False)
@@ -273,6 +277,11 @@ def compare(
     feature_kd: Annotated[FeatureKD, typer.Option(help="add a CPFD + feature-distillation arm")] = FeatureKD.none,
     labelled_only: Annotated[Optional[bool], typer.Option(
         help="add PFD/CPFD arms distilled on labelled rows only (default: when the data has unlabelled rows)")] = None,
+    scenario: Annotated[Optional[bool], typer.Option(
+        help="add the per-scenario reliability arm cpfd_scenario (default: when the data has a group column)")] = None,
+    oracle_labels: Annotated[Optional[Path], typer.Option(
+        help="benchmarks only: a .parquet/.csv with the id column and each task's label column for unlabelled "
+             "train rows; adds the oracle_gate control (the ceiling of any weighting). No other arm trains on it")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     epochs: EpochsOpt = None,
@@ -289,8 +298,15 @@ def compare(
     for name in extra:
         CONFIDENCES.get(name)
     data = _load(dataset, on_bad_video, cfg)
+    oracle = None
+    if oracle_labels is not None:
+        from cpfd.data.oracle import load_oracle_labels
+
+        oracle = load_oracle_labels(oracle_labels, data)
+        _log(f"oracle labels: {oracle.rows} train rows from {oracle_labels} (oracle_gate arm and diagnostics only)")
     opts = CompareOptions(seeds=seeds, oof=oof, normalize=normalize, confidences=extra,
-                          feature_kd=FeatureKD(feature_kd).value, labelled_only_arms=labelled_only)
+                          feature_kd=FeatureKD(feature_kd).value, labelled_only_arms=labelled_only,
+                          scenario_arms=scenario, oracle=oracle)
     results = run_compare(data, cfg, out_dir, opts, log=_log)
     _show_report(data, results, CompareFolder(out_dir), write_report)
 

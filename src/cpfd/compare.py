@@ -5,6 +5,9 @@ CPFD way: separates "privileged features helped" from "distillation regularises"
 ``teacher`` (upper bound). Options add arms: cross-fitted teacher outputs (``*_oof``), ``cpfd_norm``, other
 confidence functions (``cpfd_<name>``), feature distillation (``cpfd_fkd``). When the dataset has unlabelled rows,
 ``pfd_labelled`` / ``cpfd_labelled`` distil on labelled rows only, so the report shows where the gain comes from.
+With a ``group`` column, ``cpfd_scenario`` weights by per-scenario reliability against the no-privileged (self)
+teacher. With hidden labels (``--oracle-labels``), the ``oracle_gate`` control shows the ceiling of any weighting;
+those labels reach no other arm's training (only the weight diagnostics, which are evaluation).
 
 Each arm's run folder records the arm (name, teacher, description) in its ``run.json`` and its own resolved
 config; :func:`collect` builds ``results.json`` from those folders alone, so ``cpfd compare`` and ``cpfd report``
@@ -21,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from cpfd.config import RunConfig
+from cpfd.data.oracle import OracleLabels
 from cpfd.data.prepared import PreparedData
 from cpfd.errors import CpfdError
 from cpfd.evaluate import plots
@@ -55,6 +59,8 @@ class CompareOptions:
     confidences: list[str] = field(default_factory=list)
     feature_kd: str = "none"
     labelled_only_arms: bool | None = None  # None: add them when the dataset has unlabelled rows
+    scenario_arms: bool | None = None  # None: add them when the dataset has a group column
+    oracle: OracleLabels | None = None  # hidden labels: adds the oracle_gate control
 
 
 def plan_arms(data: PreparedData, cfg: RunConfig, opts: CompareOptions) -> list[Arm]:
@@ -72,6 +78,12 @@ def plan_arms(data: PreparedData, cfg: RunConfig, opts: CompareOptions) -> list[
     if opts.oof:
         arms += [Arm("pfd_oof", "oof", {"method": "pfd"}, "PFD, cross-fitted teacher outputs"),
                  Arm("cpfd_oof", "oof", main, "CPFD, cross-fitted teacher outputs")]
+    if opts.scenario_arms if opts.scenario_arms is not None else data.groups is not None:
+        arms.append(Arm("cpfd_scenario", "privileged", {**main, "confidence": "scenario_reliability"},
+                        "CPFD, per-scenario reliability vs the no-privileged teacher"))
+    if opts.oracle is not None:
+        arms.append(Arm("oracle_gate", "privileged", {**main, "confidence": "oracle_gate", "weighting": "kd_only"},
+                        "control: weight 1 where the teacher is right (hidden labels), 0 where wrong"))
     if opts.normalize:
         arms.append(Arm("cpfd_norm", "privileged", {**main, "normalize": True}, "CPFD, weights / batch mean"))
     for name in opts.confidences:
@@ -99,7 +111,7 @@ def run_compare(data: PreparedData, cfg: RunConfig, out_dir: str | Path, opts: C
         base = cfg.model_copy(deep=True)
         base.train.seed = seed
         teachers: dict[str, Path] = {}
-        for kind in sorted({a.teacher for a in arms if a.teacher} | {"privileged"}):
+        for kind in sorted({a.teacher for a in arms if a.teacher} | {"privileged", "self"}):
             t_cfg = base.model_copy(deep=True)
             t_cfg.teacher.use_privileged = kind != "self"
             if kind == "self" and t_cfg.teacher.kind == "file":  # the control needs a teacher it can train
@@ -117,7 +129,7 @@ def run_compare(data: PreparedData, cfg: RunConfig, out_dir: str | Path, opts: C
             log(f"[seed {seed}, {s + 1} of {opts.seeds}] arm {arm.order + 1} of {len(arms) - 1}: {arm.name}: "
                 f"{arm.description}")
             distill(data, a_cfg, folder.arm(seed, arm.name).path, fabric, teachers.get(arm.teacher), log=log,
-                    extra={"arm": asdict(arm)})
+                    extra={"arm": asdict(arm)}, reference_dir=teachers["self"], oracle=opts.oracle)
         # Deterministic given the data: fitted once, recorded beside every seed so each seed folder is complete.
         for k, (name, ref) in enumerate(references.items()):
             arm = Arm(name, None, {}, ref["description"], order=len(arms) + k)
@@ -206,8 +218,9 @@ def summarise(data: PreparedData, arms: list[Arm], per_seed: dict[str, dict[int,
         weights = [r["weights"] for r in runs.values() if "weights" in r]
         if weights:
             entry["weights"] = {
-                t: {k: _stats([w[t][k] for w in weights])["mean"]
-                    for k in ("mean_weight", "ess_fraction", "mean_weight_teacher_correct", "mean_weight_teacher_wrong")}
+                t: {k: _stats([w[t].get(k, float("nan")) for w in weights])["mean"]
+                    for k in ("mean_weight", "ess_fraction", "mean_weight_teacher_correct", "mean_weight_teacher_wrong",
+                              "kd_mass_teacher_wrong", "teacher_error_rate")}
                 for t in tasks}
         summary[arm.name] = entry
     seeds = sorted(per_seed["baseline"])
@@ -235,6 +248,12 @@ def summarise(data: PreparedData, arms: list[Arm], per_seed: dict[str, dict[int,
     teacher_runs = per_seed["teacher"]
     calibration = {t: {k: _stats([float(r["calibration"][t].get(k, 1.0)) for r in teacher_runs.values()])["mean"]
                        for k in ("temperature", "test_ece_before", "test_ece_after", "kept")} for t in tasks}
+    if "oracle_gate" in summary and "pfd" in summary:
+        headroom = summary["oracle_gate"]["vs_pfd"]
+        for name, entry in summary.items():
+            if name not in ("oracle_gate", "pfd", "teacher", "baseline") and "vs_pfd" in entry:
+                entry["oracle_margin_recovered"] = (entry["vs_pfd"]["mean"] / headroom["mean"]
+                                                    if headroom["verdict"] == "better" else None)
     verdict = None
     if "cpfd" in summary and "pfd" in summary:
         verdict = {"cpfd_minus_pfd": summary["cpfd"]["vs_pfd"]["mean"], **summary["cpfd"]["vs_pfd"]}

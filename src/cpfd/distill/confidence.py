@@ -9,19 +9,28 @@ label-free, so label-based functions fall back to ``max_prob``. Adding one::
 
     @CONFIDENCES.register("my_conf")
     def my_conf(probs, labels, label_mask, task_type): ...
+
+A function that declares a ``context`` parameter also receives a :class:`~cpfd.distill.context.TaskContext`
+(split, business scenario, a no-privileged reference model's probabilities; hidden labels for the oracle control
+only) and is called once on every row of the dataset. Its ``needs`` attribute says which of ``"reference"`` and
+``"oracle"`` it requires; the scenario-aware functions below are built that way (see docs/method.md, "When can
+confidence weighting beat uniform PFD?").
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from cpfd.distill.context import TaskContext
 from cpfd.registry import CONFIDENCES
 from cpfd.task_types import task_type as as_task_type
 
-__all__ = ["CONFIDENCES", "max_prob", "true_class", "entropy", "margin"]
+__all__ = ["CONFIDENCES", "max_prob", "true_class", "entropy", "margin", "scenario_reliability",
+           "reference_agreement", "oracle_gate"]
 _EPS = 1e-12
 
 
@@ -68,3 +77,89 @@ def margin(probs: Tensor, labels: Tensor, label_mask: Tensor, task_type) -> Tens
     """
     top2 = as_task_type(task_type).two_class(probs).topk(2, dim=-1).values
     return top2[..., 0] - top2[..., 1]
+
+
+def _columns(x: Tensor) -> Tensor:
+    """(n,) -> (n, 1); (n, L) stays: scenario statistics are computed per label column."""
+    return x.reshape(x.shape[0], -1)
+
+
+@CONFIDENCES.register("scenario_reliability")
+def scenario_reliability(probs: Tensor, labels: Tensor, label_mask: Tensor, task_type, context: TaskContext) -> Tensor:
+    r"""Per-scenario reliability of the teacher relative to a no-privileged reference, one weight per scenario.
+
+    On the labelled validation rows of scenario g, with :math:`\ell` the mean negative log-likelihood of the true
+    class, :math:`c_g = \min\bigl(1, \exp(\ell^{ref}_g - \ell^{t}_g)\bigr)`: 1 where the teacher is at least as
+    good as the reference (its privileged features help or are neutral), the likelihood ratio where it is worse
+    (stale or misleading privileged features). Scenarios with fewer than ``context.min_group_rows`` validation
+    rows, and datasets without a ``group`` column, use the same formula over all validation rows. The weights are
+    then divided by their mean over train rows, so the average distillation strength stays λ
+    (:math:`\lambda_g = \lambda\, c_g / \bar c`); unlike the other confidences, values can exceed 1.
+    Weighting by scenario re-weights scenarios against each other and leaves the optimum inside each untouched.
+    References: Lukasik et al., *Teacher's pet: understanding and mitigating biases in distillation*, TMLR 2022;
+    Iliopoulos et al., *Weighted distillation with unlabeled examples*, NeurIPS 2022.
+    """
+    kind = as_task_type(task_type)
+    if context.reference_probs is None:
+        raise ValueError("scenario_reliability needs a no-privileged reference model (context.reference_probs)")
+    gain = _columns((kind.true_class_prob(probs, labels).clamp_min(_EPS).log()
+                     - kind.true_class_prob(context.reference_probs, labels).clamp_min(_EPS).log()).double())
+    val = torch.from_numpy(np.asarray(context.split == "val")) & label_mask.bool()
+    val = val.unsqueeze(-1).expand_as(gain)
+
+    def reliability(rows: Tensor) -> Tensor:
+        n = rows.sum(0)
+        mean_gain = torch.where(rows, gain, 0.0).sum(0) / n.clamp_min(1)
+        return torch.where(n > 0, mean_gain.exp().clamp(max=1.0), torch.ones_like(mean_gain))
+
+    c = reliability(val).expand_as(gain).clone()
+    if context.groups is not None:
+        groups = np.asarray(context.groups)
+        for g in np.unique(groups):
+            in_g = torch.from_numpy(groups == g).unsqueeze(-1).expand_as(gain)
+            enough = (val & in_g).sum(0) >= context.min_group_rows
+            c = torch.where(in_g & enough, reliability(val & in_g).expand_as(gain), c)
+    train = torch.from_numpy(np.asarray(context.split == "train"))
+    c = c / c[train].mean(0).clamp_min(_EPS)
+    return c.float() if kind.per_label else c.float().squeeze(-1)
+
+
+scenario_reliability.needs = ("reference",)
+scenario_reliability.mean_one_over_train = True  # a relative weight, not a probability
+
+
+@CONFIDENCES.register("reference_agreement")
+def reference_agreement(probs: Tensor, labels: Tensor, label_mask: Tensor, task_type, context: TaskContext) -> Tensor:
+    r"""Label-free agreement of the teacher with a no-privileged reference model:
+    :math:`c_i = \sum_k \min(p^t_{ik}, p^{ref}_{ik}) = 1 - \mathrm{TV}(p^t_i, p^{ref}_i)` (binary and per label on
+    the two-class view). Rows where the privileged features pull the teacher far from what the online inputs
+    support get less weight. Reference: Ortiz-Jimenez et al., *When does privileged information explain away label
+    noise?*, ICML 2023 (agreement with a no-privileged model as a reliability signal).
+    """
+    kind = as_task_type(task_type)
+    if context.reference_probs is None:
+        raise ValueError("reference_agreement needs a no-privileged reference model (context.reference_probs)")
+    return torch.minimum(kind.two_class(probs), kind.two_class(context.reference_probs)).sum(-1).clamp(0.0, 1.0)
+
+
+reference_agreement.needs = ("reference",)
+
+
+@CONFIDENCES.register("oracle_gate")
+def oracle_gate(probs: Tensor, labels: Tensor, label_mask: Tensor, task_type, context: TaskContext) -> Tensor:
+    r"""The ceiling of any weighting (a control, not a method): :math:`w_i = \mathbb{1}[\arg\max p^t_i = y_i]` on
+    every row, the label of an unlabelled row taken from hidden oracle labels (``cpfd compare --oracle-labels``).
+    Rows with no label anywhere keep weight 1. Reference: the oracle gate of docs/method.md (the upper bound any
+    confidence function that tries to drop the teacher's mistakes can reach).
+    """
+    kind = as_task_type(task_type)
+    if context.oracle_labels is None or context.oracle_mask is None:
+        raise ValueError("oracle_gate needs hidden labels (cpfd compare --oracle-labels FILE)")
+    own = kind.element_mask(label_mask.bool(), kind.true_class_prob(probs, labels))
+    hidden = kind.element_mask(context.oracle_mask.bool(), own)
+    y = torch.where(own, labels, context.oracle_labels.to(labels.dtype))
+    right = kind.correct(probs, y).float()
+    return torch.where(own | hidden, right, torch.ones_like(right))
+
+
+oracle_gate.needs = ("oracle",)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cpfd.config import DistillConfig
+from cpfd.distill.context import TaskContext, needs, takes_context
 from cpfd.distill.probs import task_probs
 from cpfd.registry import CONFIDENCES, LOSSES
 from cpfd.task_types import TaskType, task_type as as_task_type
@@ -99,7 +100,11 @@ class PFDLoss(SupervisedLoss):
 
     distils = True
 
-    def row_confidence(self, task: str, teacher_logits: Tensor, labels: Tensor, label_mask: Tensor) -> Tensor | None:
+    takes_context = False  # whether row_confidence needs a TaskContext (scenario-aware confidences)
+    context_needs: frozenset[str] = frozenset()
+
+    def row_confidence(self, task: str, teacher_logits: Tensor, labels: Tensor, label_mask: Tensor,
+                       context: TaskContext | None = None) -> Tensor | None:
         """Per-row (per-label) confidence c_i, a constant of the teacher and the labels; None: uniform weights."""
         return None
 
@@ -166,11 +171,18 @@ class CPFDLoss(PFDLoss):
                  calibration: dict[str, float] | None = None):
         super().__init__(cfg, task_types, calibration)
         self.confidence = CONFIDENCES.get(cfg.confidence)
+        self.takes_context = takes_context(self.confidence)
+        self.context_needs = needs(self.confidence)
 
-    def row_confidence(self, task, teacher_logits, labels, label_mask):
+    def row_confidence(self, task, teacher_logits, labels, label_mask, context=None):
         kind = self.task_types[task]
         probs = task_probs(teacher_logits.detach(), kind, self.calibration.get(task, 1.0))
-        return self.confidence(probs, labels, label_mask, kind)
+        if not self.takes_context:
+            return self.confidence(probs, labels, label_mask, kind)
+        if context is None:
+            raise ValueError(f"confidence {self.cfg.confidence!r} is computed once over the whole dataset and "
+                             "needs its context (cached teacher outputs, see cpfd.distill.context)")
+        return self.confidence(probs, labels, label_mask, kind, context=context)
 
     def weights_from_confidence(self, c: Tensor) -> Tensor:
         if self.cfg.weighting == "gate":

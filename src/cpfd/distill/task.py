@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from cpfd.distill.context import TaskContext
 from cpfd.distill.targets import TeacherTargets
 
 
@@ -33,10 +34,11 @@ class CachedTeacher:
 class OnlineTeacher(nn.Module):
     """A frozen teacher run on every batch (benchmarks; the Taobao-style schedule). Needs ``batch["privileged"]``."""
 
-    def __init__(self, teacher: nn.Module, temperatures: dict[str, float]):
+    def __init__(self, teacher: nn.Module, targets: TeacherTargets):
         super().__init__()
         self.teacher = teacher.eval().requires_grad_(False)
-        self.temperatures = temperatures
+        self.targets = targets  # the same teacher's cached outputs, for confidences computed over every row
+        self.temperatures = targets.temperatures
 
     def train(self, mode: bool = True) -> "OnlineTeacher":
         return super().train(False)  # frozen: dropout and group dropout stay off
@@ -69,11 +71,16 @@ class DistillTask(nn.Module):
     def needs_privileged(self) -> bool:
         return self.model_takes_privileged or isinstance(self.teacher, OnlineTeacher)
 
-    def prepare(self, labels: dict[str, Tensor], label_mask: dict[str, Tensor]) -> None:
-        """Per-row confidences of a cached teacher, computed once for every row of the dataset."""
-        if isinstance(self.teacher, CachedTeacher):
+    def prepare(self, labels: dict[str, Tensor], label_mask: dict[str, Tensor],
+                contexts: dict[str, TaskContext] | None = None) -> None:
+        """Per-row confidences, computed once for every row of the dataset from the cached teacher outputs (an
+        online teacher's are computed per batch, except for context-aware confidences, which need every row)."""
+        if self.teacher is None:
+            return
+        if isinstance(self.teacher, CachedTeacher) or getattr(self.objective, "takes_context", False):
             logits = self.teacher.targets.logits
-            conf = {t: self.objective.row_confidence(t, logits[t], labels[t], label_mask[t]) for t in logits}
+            conf = {t: self.objective.row_confidence(t, logits[t], labels[t], label_mask[t],
+                                                     (contexts or {}).get(t)) for t in logits}
             self.confidence = None if any(c is None for c in conf.values()) else conf
 
     def model_forward(self, batch: dict) -> dict:

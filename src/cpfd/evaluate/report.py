@@ -72,6 +72,18 @@ def verdict_lines(results: dict) -> list[str]:
                 "not enough seeds": "not enough seeds to compare CPFD with PFD (needs ≥ 3)"}[cpfd["verdict"]]
         lines.append(f"**CPFD vs PFD:** mean F1 difference {cpfd['mean']:+.4f} ± {cpfd['se']:.4f} (paired s.e., "
                      f"{cpfd['n']} seeds) — {word}.")
+    oracle = results["arms"].get("oracle_gate", {}).get("vs_pfd")
+    if oracle:
+        word = {"better": "the data has headroom for weighting", "worse": "dropping the teacher's mistakes hurts here",
+                "no difference": "no weighting can beat PFD here by more than the noise",
+                "not enough seeds": "not enough seeds to tell"}[oracle["verdict"]]
+        lines.append(f"**Oracle gate vs PFD** (ceiling of any weighting, uses hidden labels): "
+                     f"{oracle['mean']:+.4f} ± {oracle['se']:.4f} (paired s.e.) — {word}.")
+        recovered = {a: e["oracle_margin_recovered"] for a, e in results["arms"].items()
+                     if e.get("oracle_margin_recovered") is not None}
+        if recovered:
+            lines.append("Share of the oracle's margin over PFD recovered: "
+                         + ", ".join(f"{a} {r:.0%}" for a, r in recovered.items()) + ".")
     for arm in CORE_ARMS:
         ref = results["arms"][arm].get("vs_reference")
         if ref and (ref["verdict"] == "worse" or (ref["verdict"] == "not enough seeds" and ref["mean"] < 0)):
@@ -126,15 +138,19 @@ def markdown_report(results: dict, path: Path, plots: dict[str, Path]) -> Path:
     for t, c in results["teacher_calibration"].items():
         lines.append(f"| {t} | {c['temperature']:.3f} | {c['kept']:.0%} | {c['test_ece_before']:.4f} | "
                      f"{c['test_ece_after']:.4f} |")
-    weighted = {a: e["weights"] for a, e in results["arms"].items() if "weights" in e and a.startswith("cpfd")}
+    weighted = {a: e["weights"] for a, e in results["arms"].items() if "weights" in e}
     if weighted:
-        lines += ["", "## Distillation weights on train rows (CPFD arms, seed means)", "",
-                  "| arm | task | mean w | ESS / n | mean w, teacher right | mean w, teacher wrong |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", "## Distillation weights on train rows (seed means)", "",
+                  "Right/wrong judged on labelled train rows (and on unlabelled rows with oracle labels, when given). "
+                  "*KD mass on teacher-wrong rows* is the share of the total distillation weight those rows get; "
+                  "PFD's equals the teacher's error rate.", "",
+                  "| arm | task | mean w | ESS / n | mean w, teacher right | mean w, teacher wrong "
+                  "| KD mass on teacher-wrong rows |", "|---|---|---|---|---|---|---|"]
         for arm, per_task in weighted.items():
             for t, w in per_task.items():
                 lines.append(f"| {arm} | {t} | {w['mean_weight']:.3f} | {w['ess_fraction']:.3f} | "
-                             f"{w['mean_weight_teacher_correct']:.3f} | {w['mean_weight_teacher_wrong']:.3f} |")
+                             f"{w['mean_weight_teacher_correct']:.3f} | {w['mean_weight_teacher_wrong']:.3f} | "
+                             f"{w.get('kd_mass_teacher_wrong', float('nan')):.3f} |")
     skipped = results.get("skipped_rows") or []
     lines += ["", f"## Skipped rows ({len(skipped)})", ""]
     if skipped:

@@ -11,7 +11,10 @@ import numpy as np
 from lightning_fabric import Fabric
 
 from cpfd.config import RunConfig
+from cpfd.data.oracle import OracleLabels
 from cpfd.data.prepared import PreparedData
+from cpfd.distill.context import TaskContext
+from cpfd.distill.probs import task_probs
 from cpfd.distill.losses import WithAuxiliary, build_loss
 from cpfd.registry import LOSSES
 from cpfd.distill.task import CachedTeacher, DistillTask, OnlineTeacher
@@ -153,9 +156,46 @@ def student_train_rows(data: PreparedData, cfg: RunConfig) -> np.ndarray:
     return data.indices("train", labelled_only=True)
 
 
+def confidence_contexts(data: PreparedData, objective, reference_dir=None, oracle: OracleLabels | None = None,
+                        log: Log = print) -> dict[str, TaskContext] | None:
+    """The :class:`TaskContext` per task for a context-aware confidence; None when the objective needs none.
+    Hidden oracle labels go into it only when the confidence itself asks for them (the oracle control)."""
+    if not getattr(objective, "takes_context", False):
+        return None
+    required = objective.context_needs
+    reference = None
+    if "reference" in required:
+        if reference_dir is None:
+            raise UsageError(f"confidence {objective.cfg.confidence!r} needs --reference RUN: a teacher fitted "
+                             "without privileged features (teacher.use_privileged=false), e.g. compare's self teacher")
+        ref_run = RunFolder(reference_dir)
+        if ref_run.config.teacher.use_privileged:
+            raise UsageError(f"--reference {ref_run.path} was fitted with privileged features; the reference must "
+                             "see only the student's inputs (teacher.use_privileged=false)")
+        reference = teacher_targets(ref_run, data, log)
+    if "oracle" in required and oracle is None:
+        raise UsageError(f"confidence {objective.cfg.confidence!r} needs hidden labels (cpfd compare --oracle-labels)")
+    contexts = {}
+    for task in data.tasks:
+        ref_probs = None
+        if reference is not None:
+            ref_probs = task_probs(reference.logits[task.name], task.kind, reference.temperatures.get(task.name, 1.0))
+        hidden = "oracle" in required
+        contexts[task.name] = TaskContext(
+            split=np.asarray(data.split), groups=data.groups, reference_probs=ref_probs,
+            oracle_labels=oracle.labels.get(task.name) if hidden else None,
+            oracle_mask=oracle.mask.get(task.name) if hidden else None)
+    return contexts
+
+
 def distill(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, teacher_dir=None, resume: bool = False,
-            log: Log = print, extra: dict | None = None, force: bool = False) -> dict:
-    """Train a student: ``method=none`` (baseline), ``pfd``, ``cpfd`` (or a registered loss) against a teacher."""
+            log: Log = print, extra: dict | None = None, force: bool = False, reference_dir=None,
+            oracle: OracleLabels | None = None) -> dict:
+    """Train a student: ``method=none`` (baseline), ``pfd``, ``cpfd`` (or a registered loss) against a teacher.
+
+    ``reference_dir``: a no-privileged teacher run, for confidences that compare against one. ``oracle``: hidden
+    labels of unlabelled rows (benchmarks); they reach training only through the ``oracle_gate`` confidence and
+    otherwise serve the weight diagnostics alone."""
     run = RunFolder(run_dir)
     if teacher_dir is not None and RunFolder(teacher_dir).path.resolve() == run.path.resolve():
         raise UsageError(f"--out {run.path} is the teacher's folder; the student needs a folder of its own")
@@ -179,19 +219,23 @@ def distill(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, teacher
                                  f"{teacher_run.config.teacher.kind} (use the cached outputs)")
             # Built before seeding, so the student's initialisation and dropout draws match the cached mode.
             frozen = load_teacher(teacher_run, data).to(fabric.device)
-            teacher = OnlineTeacher(frozen, targets.temperatures)
-    if fabric.is_global_zero:
-        _write_run(run, cfg, data, "student", {"teacher": str(teacher_dir) if teacher_dir else None, **(extra or {})})
-
+            teacher = OnlineTeacher(frozen, targets)
     objective = objective_cls(cfg.distill, {t.name: t.kind for t in data.tasks},
                               targets.temperatures if targets is not None else None)
+    with fabric.rank_zero_first():  # before seeding: building a reference's cache must not move the RNG
+        contexts = confidence_contexts(data, objective, reference_dir, oracle,
+                                       log if fabric.is_global_zero else (lambda _m: None))
+    if fabric.is_global_zero:
+        _write_run(run, cfg, data, "student", {"teacher": str(teacher_dir) if teacher_dir else None,
+                                               "reference": str(reference_dir) if reference_dir else None,
+                                               "oracle_labels": oracle.path if oracle else None, **(extra or {})})
     fabric.seed_everything(cfg.train.seed, verbose=False)
     student = build_student(data, cfg)
     model = student
     if objective.distils and cfg.distill.feature_kd != "none":
         model = StudentWithProjector(student, targets.embedding.shape[1])
     task = DistillTask(model, objective, teacher)
-    task.prepare(data.labels, data.label_mask)
+    task.prepare(data.labels, data.label_mask, contexts)
     rows = student_train_rows(data, cfg)
     result = fit(fabric, task, data, rows, cfg.train, run, resume=resume, desc=f"student[{cfg.distill.method}]")
     metrics = {}
@@ -199,7 +243,7 @@ def distill(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, teacher
         metrics = evaluate_student(data, student)
         metrics |= {"role": "student", "method": cfg.distill.method, **fit_summary(result), "train_rows": len(rows)}
         if targets is not None:
-            metrics["weights"] = weight_diagnostics(task, data, targets, rows)
+            metrics["weights"] = weight_diagnostics(task, data, targets, rows, oracle)
         atomic_write_json(run.metrics_file, metrics)
     fabric.barrier()
     return metrics

@@ -1,0 +1,110 @@
+"""Scenario-aware CPFD and its controls: the oracle gate's hidden labels stay out of every other arm, and the
+context-aware confidences refuse to run without what they need."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from conftest import make_dataset
+from cpfd.cli import app
+from cpfd.data.contract import DatasetError
+from cpfd.data.oracle import load_oracle_labels
+from cpfd.data.prepared import load_dataset
+
+runner = CliRunner()
+FAST = ["--set", "train.progress=false", "--set", "train.min_steps=0", "--set", "model.d_model=32",
+        "--set", "train.batch_size=64"]
+LABELLED, UNLABELLED = 120, 80
+
+
+def _dataset_and_oracle(tmp_path: Path) -> tuple[Path, Path]:
+    ds = make_dataset(tmp_path / "ds", n=LABELLED, n_unlabelled=UNLABELLED)
+    # The same latent draws with every row labelled: the labels the benchmark hid.
+    full = pd.read_parquet(make_dataset(tmp_path / "full", n=LABELLED + UNLABELLED) / "data.parquet")
+    hidden = full.iloc[LABELLED:][["video_id", "is_spam", "category", "tags"]]
+    hidden.to_csv(tmp_path / "oracle.csv", index=False)
+    return ds, tmp_path / "oracle.csv"
+
+
+def test_oracle_labels_reach_no_arm_but_the_oracle_gate(tmp_path):
+    ds, oracle = _dataset_and_oracle(tmp_path)
+    runs = {}
+    for name, extra in (("plain", []), ("oracle", ["--oracle-labels", str(oracle)])):
+        out = tmp_path / name
+        result = runner.invoke(app, ["compare", str(ds), "--out", str(out), "--seeds", "1", "--epochs", "1",
+                                     *extra, *FAST])
+        assert result.exit_code == 0, result.output
+        runs[name] = json.loads((out / "results.json").read_text())
+    plain, with_oracle = runs["plain"], runs["oracle"]
+    assert "oracle_gate" in with_oracle["arms"] and "oracle_gate" not in plain["arms"]
+    assert "cpfd_scenario" in plain["arms"]  # the dataset has a group column
+    for arm, seeds in plain["per_seed"].items():
+        for seed, metrics in seeds.items():
+            other = with_oracle["per_seed"][arm][seed]
+            # Bit-identical training outcome: predictions, thresholds, selected epoch, losses.
+            for key in ("test", "val", "best_val_loss", "best_epoch", "steps_run"):
+                assert metrics.get(key) == other.get(key), (arm, key)
+    # The gate drops exactly the rows the teacher gets wrong: no distillation mass lands on them.
+    gate = with_oracle["per_seed"]["oracle_gate"]["0"]["weights"]
+    assert all(w["kd_mass_teacher_wrong"] == 0.0 for w in gate.values())
+    # With hidden labels, PFD's diagnostics judge the unlabelled rows too (evaluation only).
+    pfd_plain = plain["per_seed"]["pfd"]["0"]["weights"]["spam"]
+    pfd_oracle = with_oracle["per_seed"]["pfd"]["0"]["weights"]["spam"]
+    assert pfd_oracle["rows_judged"] == pfd_plain["rows_judged"] + UNLABELLED
+    assert pfd_plain["kd_mass_teacher_wrong"] == pytest.approx(pfd_plain["teacher_error_rate"])
+    report = (tmp_path / "oracle" / "report.md").read_text()
+    assert "**Oracle gate vs PFD**" in report and "KD mass on teacher-wrong rows" in report
+
+
+def test_oracle_labels_file_is_checked_against_the_dataset(tmp_path):
+    ds, oracle = _dataset_and_oracle(tmp_path)
+    data = load_dataset(ds)
+    good = load_oracle_labels(oracle, data)
+    assert good.rows == UNLABELLED
+    table = pd.read_csv(oracle)
+    val_id = data.ids[list(data.split).index("val")]
+    bad = pd.concat([table, pd.DataFrame({"video_id": [val_id, "nope"], "is_spam": [1, 0],
+                                          "category": ["news", "news"], "tags": ["a", "a"]})])
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(DatasetError) as err:
+        load_oracle_labels(tmp_path / "bad.csv", data)
+    text = str(err.value)
+    assert "bad.csv" in text and "train rows only" in text and "id not in the dataset" in text
+    assert f"row {len(table) + 2}" in text or f"rows {len(table) + 2}" in text  # the val row, 1-based after header
+    # A labelled row's hidden label must agree with the dataset's own.
+    own = data.ids[0]
+    own_label = int(data.labels["spam"][0])
+    clash = pd.concat([table, pd.DataFrame({"video_id": [own], "is_spam": [1 - own_label]})])
+    clash.to_csv(tmp_path / "clash.csv", index=False)
+    with pytest.raises(DatasetError, match="differs from the dataset's own label"):
+        load_oracle_labels(tmp_path / "clash.csv", data)
+
+
+def test_context_confidences_say_what_they_need(tmp_path):
+    ds = make_dataset(tmp_path / "ds", n=120)
+    teacher = tmp_path / "teacher"
+    assert runner.invoke(app, ["fit-teacher", str(ds), "--out", str(teacher), "--epochs", "1", *FAST]).exit_code == 0
+    result = runner.invoke(app, ["distill", str(ds), "--teacher", str(teacher), "--out", str(tmp_path / "s"),
+                                 "--method", "cpfd", "--confidence", "scenario_reliability", "--epochs", "1", *FAST])
+    assert result.exit_code != 0 and "needs --reference RUN" in result.output
+    result = runner.invoke(app, ["distill", str(ds), "--teacher", str(teacher), "--reference", str(teacher),
+                                 "--out", str(tmp_path / "s"), "--method", "cpfd", "--confidence",
+                                 "scenario_reliability", "--epochs", "1", *FAST])
+    assert result.exit_code != 0 and "was fitted with privileged features" in result.output
+    result = runner.invoke(app, ["distill", str(ds), "--teacher", str(teacher), "--out", str(tmp_path / "s"),
+                                 "--method", "cpfd", "--confidence", "oracle_gate", "--epochs", "1", *FAST])
+    assert result.exit_code != 0 and "--oracle-labels" in result.output
+    reference = tmp_path / "reference"
+    assert runner.invoke(app, ["fit-teacher", str(ds), "--out", str(reference), "--epochs", "1",
+                               "--set", "teacher.use_privileged=false", *FAST]).exit_code == 0
+    result = runner.invoke(app, ["distill", str(ds), "--teacher", str(teacher), "--reference", str(reference),
+                                 "--out", str(tmp_path / "s"), "--method", "cpfd", "--confidence",
+                                 "scenario_reliability", "--epochs", "1", *FAST])
+    assert result.exit_code == 0, result.output
+    info = json.loads((tmp_path / "s" / "run.json").read_text())
+    assert info["reference"] == str(reference)
