@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cpfd.config import DistillConfig
-from cpfd.distill.calibration import fit_temperature
+from cpfd.distill.calibration import fit_temperature, scenario_temperatures
 from cpfd.distill.confidence import CONFIDENCES
 from cpfd.distill.context import TaskContext
 from cpfd.distill.losses import LOSSES, build_loss, feature_kd_loss, hard_loss, kd_loss
@@ -209,11 +209,14 @@ def test_cpfd_interpolate_value():
 def test_interpolate_with_normalize_is_rejected():
     with pytest.raises(ValueError, match="interpolate"):
         DistillConfig(weighting="interpolate", normalize=True)
+    with pytest.raises(ValueError, match="relative weight"):
+        build_loss(DistillConfig(weighting="interpolate", confidence="scenario_reliability"), {"t": "binary"})
 
 
 def test_losses_registry_names():
-    assert LOSSES.names() == ["cpfd", "none", "pfd"]
-    assert {"entropy", "margin", "max_prob", "true_class"} <= set(CONFIDENCES.names())
+    assert LOSSES.names() == ["cpfd", "none", "pfd", "wsld"]
+    assert {"entropy", "margin", "max_prob", "true_class", "scenario_reliability", "reference_agreement",
+            "oracle_gate"} <= set(CONFIDENCES.names())
 
 
 # ---- calibration and metrics -------------------------------------------------------------------------------------
@@ -226,6 +229,31 @@ def test_temperature_scaling_recovers_known_temperature():
     # Labels drawn from softmax(z): logits 3z are over-confident by exactly T = 3.
     assert abs(fit_temperature(3 * z, y, "multiclass") - 3.0) < 0.15
     assert abs(fit_temperature(z, y, "multiclass") - 1.0) < 0.05
+
+
+def test_scenario_temperatures_are_fitted_per_scenario_with_a_global_fallback():
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(6000, 4, generator=gen) * 1.5
+    y = torch.multinomial(torch.softmax(z, -1), 1, generator=gen).squeeze(-1)
+    groups = np.array(["clean"] * 3000 + ["stale"] * 2990 + ["tiny"] * 10)
+    scale = torch.ones(6000)
+    scale[3000:5990] = 4.0  # the stale scenario is over-confident by T = 4
+    split = np.array(["val"] * 6000)
+    t = scenario_temperatures(z * scale[:, None], y, torch.ones(6000, dtype=torch.bool), split, groups, "multiclass")
+    assert abs(float(t[0]) - 1.0) < 0.1 and abs(float(t[3000]) - 4.0) < 0.4
+    # The 10-row scenario gets the temperature fitted on all validation rows, between the two.
+    global_t = fit_temperature(z * scale[:, None], y, "multiclass")
+    assert float(t[-1]) == pytest.approx(global_t) and 1.0 < global_t < 4.0
+    assert torch.all(t[:3000] == t[0]) and torch.all(t[3000:5990] == t[3000])
+
+
+def test_wsld_weights_values():
+    loss = build_loss(DistillConfig(method="wsld"), {"t": "binary"})
+    student, teacher = torch.tensor([[0.0], [0.0]]), torch.tensor([[math.log(3.0)], [math.log(3.0)]])
+    batch = {"labels": {"t": torch.tensor([1.0, 1.0])}, "label_mask": {"t": torch.tensor([True, False])}}
+    w = loss.step_weights("t", student, teacher, batch, torch.ones(2))
+    # CE_s = ln 2, CE_t = -ln .75; w = 1 - exp(-ln2 / ln(4/3)) = 0.910133; the unlabelled row keeps 1.
+    assert torch.allclose(w, torch.tensor([0.910133, 1.0]), atol=1e-6)
 
 
 def test_temperature_is_kept_only_when_it_helps_on_held_out_rows():

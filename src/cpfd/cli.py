@@ -274,11 +274,13 @@ def compare(
     oof: Annotated[bool, typer.Option(help="add arms distilled from cross-fitted (5-fold) teacher outputs")] = False,
     normalize: Annotated[bool, typer.Option(help="add a CPFD arm with batch-normalised weights")] = False,
     confidences: Annotated[Optional[str], typer.Option(help="comma-separated extra confidence functions, one arm each")] = None,
+    methods: Annotated[Optional[str], typer.Option(help="comma-separated extra losses (e.g. wsld), one arm each")] = None,
     feature_kd: Annotated[FeatureKD, typer.Option(help="add a CPFD + feature-distillation arm")] = FeatureKD.none,
     labelled_only: Annotated[Optional[bool], typer.Option(
         help="add PFD/CPFD arms distilled on labelled rows only (default: when the data has unlabelled rows)")] = None,
     scenario: Annotated[Optional[bool], typer.Option(
-        help="add the per-scenario reliability arm cpfd_scenario (default: when the data has a group column)")] = None,
+        help="add the scenario-aware arms cpfd_scenario (per-scenario reliability) and pfd_scenario_temp "
+             "(per-scenario target temperature); default: when the data has a group column")] = None,
     oracle_labels: Annotated[Optional[Path], typer.Option(
         help="benchmarks only: a .parquet/.csv with the id column and each task's label column for unlabelled "
              "train rows; adds the oracle_gate control (the ceiling of any weighting). No other arm trains on it")] = None,
@@ -289,7 +291,7 @@ def compare(
 ) -> None:
     """Run the honest ablation: baseline, self-distillation control, PFD, CPFD, teacher (+ options) over seeds."""
     from cpfd.compare import CompareOptions, run_compare, write_report
-    from cpfd.registry import CONFIDENCES
+    from cpfd.registry import CONFIDENCES, LOSSES
     from cpfd.runs import CompareFolder
 
     cfg = _config(config, set_, **{"train.epochs": epochs})
@@ -297,6 +299,9 @@ def compare(
     extra = [c.strip() for c in (confidences or "").split(",") if c.strip()]
     for name in extra:
         CONFIDENCES.get(name)
+    losses = [m.strip() for m in (methods or "").split(",") if m.strip()]
+    for name in losses:
+        LOSSES.get(name)
     data = _load(dataset, on_bad_video, cfg)
     oracle = None
     if oracle_labels is not None:
@@ -304,7 +309,7 @@ def compare(
 
         oracle = load_oracle_labels(oracle_labels, data)
         _log(f"oracle labels: {oracle.rows} train rows from {oracle_labels} (oracle_gate arm and diagnostics only)")
-    opts = CompareOptions(seeds=seeds, oof=oof, normalize=normalize, confidences=extra,
+    opts = CompareOptions(seeds=seeds, oof=oof, normalize=normalize, confidences=extra, methods=losses,
                           feature_kd=FeatureKD(feature_kd).value, labelled_only_arms=labelled_only,
                           scenario_arms=scenario, oracle=oracle)
     results = run_compare(data, cfg, out_dir, opts, log=_log)

@@ -57,6 +57,7 @@ class CompareOptions:
     oof: bool = False
     normalize: bool = False
     confidences: list[str] = field(default_factory=list)
+    methods: list[str] = field(default_factory=list)  # extra registered losses, one arm each (e.g. wsld)
     feature_kd: str = "none"
     labelled_only_arms: bool | None = None  # None: add them when the dataset has unlabelled rows
     scenario_arms: bool | None = None  # None: add them when the dataset has a group column
@@ -81,11 +82,15 @@ def plan_arms(data: PreparedData, cfg: RunConfig, opts: CompareOptions) -> list[
     if opts.scenario_arms if opts.scenario_arms is not None else data.groups is not None:
         arms.append(Arm("cpfd_scenario", "privileged", {**main, "confidence": "scenario_reliability"},
                         "CPFD, per-scenario reliability vs the no-privileged teacher"))
+        arms.append(Arm("pfd_scenario_temp", "privileged", {"method": "pfd", "target_temperature": "scenario"},
+                        "PFD on targets calibrated per scenario (T_g)"))
     if opts.oracle is not None:
         arms.append(Arm("oracle_gate", "privileged", {**main, "confidence": "oracle_gate", "weighting": "kd_only"},
                         "control: weight 1 where the teacher is right (hidden labels), 0 where wrong"))
     if opts.normalize:
         arms.append(Arm("cpfd_norm", "privileged", {**main, "normalize": True}, "CPFD, weights / batch mean"))
+    for name in opts.methods:
+        arms.append(Arm(name, "privileged", {"method": name}, f"distillation loss {name}"))
     for name in opts.confidences:
         if name != cfg.distill.confidence:
             arms.append(Arm(f"cpfd_{name}", "privileged", {**main, "confidence": name}, f"CPFD, confidence={name}"))

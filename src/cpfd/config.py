@@ -128,6 +128,9 @@ class DistillConfig(_Strict):
     normalize: bool = Field(False, description="divide w by its batch mean (separates weighting from a smaller λ)")
     floor: float = Field(0.0, ge=0.0, le=1.0, description="w >= floor")
     use_unlabelled: bool = Field(True, description="distil on rows without labels (they carry most of the gain)")
+    target_temperature: Literal["none", "scenario"] = Field(
+        "none", description="scenario: divide the teacher's logits by T_g fitted on each scenario's validation rows "
+        "before distilling (flattens the targets where the teacher is unreliable)")
     feature_kd: Literal["none", "mse", "cosine"] = "none"
     feature_kd_weight: float = Field(1.0, ge=0.0)
     teacher_outputs: Literal["cached", "online"] = Field(

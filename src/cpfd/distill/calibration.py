@@ -63,3 +63,27 @@ def choose_temperature(logits: Tensor, labels: Tensor, task_type: str | TaskType
     kept = bool(len(folds) >= 2 and crossed < base)
     return {"temperature": fitted if kept else 1.0, "fitted": fitted, "kept": kept,
             "heldout_nll_before": base, "heldout_nll_after": crossed}
+
+
+def scenario_temperatures(logits: Tensor, labels: Tensor, label_mask: Tensor, split: np.ndarray,
+                          groups: np.ndarray | None, task_type: str | TaskType, min_rows: int = 30) -> Tensor:
+    r"""One temperature per business scenario, returned per row: :math:`T_{g(i)}`.
+
+    :math:`T_g = \arg\min_T \sum_{i \in V_g} \mathrm{CE}(y_i, z_i / T)` over the labelled validation rows
+    :math:`V_g` of scenario g (:func:`fit_temperature`); scenarios with fewer than ``min_rows`` such rows, and
+    datasets without scenarios, use the temperature fitted on all validation rows. Where a scenario's privileged
+    features went stale the teacher is confidently wrong there and :math:`T_g` grows, flattening its targets
+    there only. Reference: Guo et al., ICML 2017 (temperature scaling), applied per scenario as in
+    docs/method.md ("When can confidence weighting beat uniform PFD?").
+    """
+    val = np.asarray(split == "val") & label_mask.numpy().astype(bool)
+    global_t = fit_temperature(logits[torch.from_numpy(val)], labels[torch.from_numpy(val)], task_type)
+    per_row = torch.full((logits.shape[0],), global_t, dtype=torch.float32)
+    if groups is not None:
+        groups = np.asarray(groups)
+        for g in np.unique(groups):
+            rows = val & (groups == g)
+            if rows.sum() >= min_rows:
+                per_row[torch.from_numpy(groups == g)] = fit_temperature(
+                    logits[torch.from_numpy(rows)], labels[torch.from_numpy(rows)], task_type)
+    return per_row

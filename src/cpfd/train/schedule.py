@@ -13,7 +13,9 @@ from lightning_fabric import Fabric
 from cpfd.config import RunConfig
 from cpfd.data.oracle import OracleLabels
 from cpfd.data.prepared import PreparedData
+from cpfd.distill.calibration import scenario_temperatures
 from cpfd.distill.context import TaskContext
+from cpfd.distill.targets import TeacherTargets
 from cpfd.distill.probs import task_probs
 from cpfd.distill.losses import WithAuxiliary, build_loss
 from cpfd.registry import LOSSES
@@ -156,6 +158,21 @@ def student_train_rows(data: PreparedData, cfg: RunConfig) -> np.ndarray:
     return data.indices("train", labelled_only=True)
 
 
+def per_scenario_targets(data: PreparedData, targets: TeacherTargets) -> TeacherTargets:
+    """The teacher's logits divided row-wise by their scenario's temperature
+    (:func:`cpfd.distill.calibration.scenario_temperatures`); the global temperatures become 1 (already applied)."""
+    logits, report = {}, {}
+    for task in data.tasks:
+        z = targets.logits[task.name]
+        t = scenario_temperatures(z, data.labels[task.name], data.label_mask[task.name], data.split, data.groups,
+                                  task.kind)
+        logits[task.name] = z / t.reshape(-1, *([1] * (z.dim() - 1)))
+        groups = data.groups if data.groups is not None else np.array(["(all)"] * len(data), dtype=object)
+        report[task.name] = {str(g): round(float(t[np.flatnonzero(groups == g)[0]]), 4) for g in np.unique(groups)}
+    return TeacherTargets(logits, targets.embedding, {t: 1.0 for t in targets.temperatures},
+                          {**targets.calibration, "scenario_temperature": report})
+
+
 def confidence_contexts(data: PreparedData, objective, reference_dir=None, oracle: OracleLabels | None = None,
                         log: Log = print) -> dict[str, TaskContext] | None:
     """The :class:`TaskContext` per task for a context-aware confidence; None when the objective needs none.
@@ -212,6 +229,9 @@ def distill(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, teacher
         teacher_run = RunFolder(teacher_dir)
         with fabric.rank_zero_first():  # rank 0 builds the cache, the others then read it
             targets = teacher_targets(teacher_run, data, log if fabric.is_global_zero else (lambda _m: None))
+        if cfg.distill.target_temperature == "scenario":
+            targets = per_scenario_targets(data, targets)
+            log(f"teacher targets divided by per-scenario temperatures: {targets.calibration['scenario_temperature']}")
         teacher = CachedTeacher(targets)
         if cfg.distill.teacher_outputs == "online":
             if teacher_run.config.teacher.kind != "neural":

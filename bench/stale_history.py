@@ -1,0 +1,173 @@
+"""Benchmarks with headroom for confidence weighting (issue 9): a teacher trained on clean *history*, distilled on
+*current* data where some business scenarios' privileged features went stale.
+
+Fashion-MNIST, the student sees the 7×7 image (49 features), the privileged features are the 28×28 image.
+- History (the teacher's training data): 6 000 labelled images, scenarios ``mature`` (80 %, with the 28×28
+  image) and ``new`` (20 %, no privileged features). The teacher is fitted there once and scores the current
+  rows (``teacher.kind=file``): it never saw a stale row, as a production teacher trained on last quarter's logs.
+- Current data: 1 000 labelled + 10 000 unlabelled train rows, 1 000 validation rows, the 10 000 test images.
+  ``--design stale``: 70 % of the shirts, t-shirts, pullovers and coats are in scenario ``stale``, their
+  privileged image is another item of the confusable class (shirt ↔ t-shirt, pullover ↔ coat): the teacher is
+  wrong there, concentrated in four classes whose 7×7 images the student can hardly tell apart.
+  ``--design rare``: a ``partner`` scenario of 5 % of all rows (drawn from the same four classes) whose privileged
+  image means something else in the same way.
+  The rest is ``mature`` / ``new`` as in history.
+- Each design runs twice: the *drifted* data above and an *in-distribution control* with the same scenarios but
+  clean privileged images, where every arm should tie. The hidden labels of the unlabelled rows go to
+  ``--oracle-labels`` (the oracle-gate ceiling) and to nothing else.
+
+    python bench/stale_history.py --design stale --seeds 5        # reported numbers (CPU: ~25 min)
+    python bench/stale_history.py --design rare --seeds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import OUT, ensure_debian_package, write_dataset  # noqa: E402
+from fashion_mnist import CLASSES, ROOT, read_idx  # noqa: E402
+
+CONFUSABLE = {6: 0, 0: 6, 2: 4, 4: 2}  # shirt <-> t-shirt, pullover <-> coat
+SPEC = {"id": "id", "split": "split", "group": "scenario", "inputs": {"features": ["px7_*"]},
+        "privileged": ["px28_*"], "tasks": [{"name": "label", "type": "multiclass", "column": "label",
+                                              "classes": CLASSES}]}
+
+
+def frame(ids, split, labels, scenario, images, privileged) -> pd.DataFrame:
+    small = images.reshape(-1, 7, 4, 7, 4).mean(axis=(2, 4)).reshape(len(images), 49)
+    return pd.concat([
+        pd.DataFrame({"id": ids, "split": split, "label": labels, "scenario": scenario}),
+        pd.DataFrame(small.astype(np.float32), columns=[f"px7_{k:02d}" for k in range(49)]),
+        pd.DataFrame(privileged.reshape(len(images), 784).astype(np.float32), columns=[f"px28_{k:03d}" for k in range(784)]),
+    ], axis=1)
+
+
+def mature_or_new(n: int, rng) -> np.ndarray:
+    return np.where(rng.random(n) < 0.2, "new", "mature").astype(object)
+
+
+def build(design: str, root: Path, seed: int = 0, n_history: int = 6000, n_labelled: int = 1000,
+          n_unlabelled: int = 10000, n_val: int = 1000) -> dict[str, Path]:
+    """History dataset, drifted and control current datasets, and the oracle-labels file."""
+    if root == ROOT:
+        ensure_debian_package("dataset-fashion-mnist", ROOT / "train-images-idx3-ubyte.gz")
+    x_train = read_idx(root / "train-images-idx3-ubyte.gz").astype(np.float32) / 255.0
+    y_train = read_idx(root / "train-labels-idx1-ubyte.gz").astype(int)
+    x_test = read_idx(root / "t10k-images-idx3-ubyte.gz").astype(np.float32) / 255.0
+    y_test = read_idx(root / "t10k-labels-idx1-ubyte.gz").astype(int)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(x_train))
+    cut = np.cumsum([n_history + 3000, n_labelled, n_unlabelled, n_val])
+    hist, lab, pool, val, donors = np.split(order, cut)
+    base = OUT / f"headroom_{design}"
+
+    # History: clean, mature/new; its own val/test slices for the teacher's early stopping and calibration.
+    h_split = np.array(["train"] * n_history + ["val"] * 1000 + ["test"] * 2000, dtype=object)
+    h_scen = mature_or_new(len(hist), rng)
+    h_priv = np.where((h_scen == "new")[:, None, None], np.nan, x_train[hist])
+    history = frame([f"h{i}" for i in hist], h_split, [CLASSES[v] for v in y_train[hist]], h_scen,
+                    x_train[hist], h_priv)
+    paths = {"history": write_dataset(base / "history", history, {"name": "fmnist-history", **SPEC})}
+
+    # Current rows: labelled, unlabelled, val, test.
+    idx_images = np.concatenate([x_train[lab], x_train[pool], x_train[val], x_test])
+    labels = np.concatenate([y_train[lab], y_train[pool], y_train[val], y_test])
+    split = np.array(["train"] * (n_labelled + n_unlabelled) + ["val"] * n_val + ["test"] * len(x_test), dtype=object)
+    ids = [f"c{i}" for i in range(len(labels))]
+    unlabelled = np.zeros(len(labels), dtype=bool)
+    unlabelled[n_labelled:n_labelled + n_unlabelled] = True
+    scenario = mature_or_new(len(labels), rng)
+    scenario[unlabelled] = "mature"  # a row without privileged features and without a label teaches nothing
+    confusable = np.isin(labels, list(CONFUSABLE))
+    if design == "stale":
+        hit = confusable & (rng.random(len(labels)) < 0.7)
+        scenario[hit] = "stale"
+    else:  # rare: 5 % of all rows, from the same classes
+        share = 0.05 / confusable.mean()
+        hit = confusable & (rng.random(len(labels)) < share)
+        scenario[hit] = "partner"
+    donor_by_class = {c: donors[y_train[donors] == c] for c in set(CONFUSABLE.values())}
+    swapped = idx_images.copy()
+    for k in np.flatnonzero(hit):
+        swapped[k] = x_train[rng.choice(donor_by_class[CONFUSABLE[labels[k]]])]
+    text = np.array([CLASSES[v] for v in labels], dtype=object)
+    shown = text.copy()
+    shown[unlabelled] = None
+    for name, privileged in (("drifted", swapped), ("control", idx_images)):
+        priv = np.where((scenario == "new")[:, None, None], np.nan, privileged)
+        df = frame(ids, split, shown, scenario, idx_images, priv)
+        paths[name] = write_dataset(base / name, df, {"name": f"fmnist-{design}-{name}", **SPEC})
+    oracle = base / "oracle_labels.csv"
+    pd.DataFrame({"id": np.array(ids)[unlabelled], "label": text[unlabelled]}).to_csv(oracle, index=False)
+    paths["oracle"] = oracle
+    return paths
+
+
+def history_teacher(history: Path, current: dict[str, Path], out: Path, sets: list[str]) -> dict[str, Path]:
+    """Fit the teacher on history once; write its logits on each current dataset (teacher.kind=file input)."""
+    from cpfd.cli import app
+    from cpfd.data.prepared import load_dataset
+    from cpfd.runs import RunFolder
+    from cpfd.train.teacher_outputs import raw_outputs
+
+    run = out / "history_teacher"
+    if not (run / "metrics.json").exists():
+        cmd = ["fit-teacher", str(history), "--out", str(run), "--force"]
+        for item in sets:
+            cmd += ["--set", item]
+        print(f"$ cpfd {' '.join(cmd)}", flush=True)
+        app(cmd, standalone_mode=False)
+    files = {}
+    for name, folder in current.items():
+        data = load_dataset(folder)
+        logits, _ = raw_outputs(RunFolder(run), data)
+        files[name] = folder.parent / f"teacher_logits_{name}.parquet"
+        pd.DataFrame({"id": data.ids, "logits_label": list(logits["label"].numpy().astype(np.float64))}
+                     ).to_parquet(files[name], index=False)
+    return files
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--design", choices=["stale", "rare"], default="stale")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--only", choices=["drifted", "control"], help="run one of the two teachers' data")
+    parser.add_argument("--extra", nargs="*", default=["--confidences", "reference_agreement",
+                                                        "--no-labelled-only"], help="extra `cpfd compare` flags")
+    parser.add_argument("--data-dir", type=Path, default=ROOT, help="folder with the four idx.gz files")
+    parser.add_argument("--set", dest="sets", action="append", default=[], help="config override for every run")
+    args = parser.parse_args()
+    from cpfd.cli import app
+
+    paths = build(args.design, args.data_dir)
+    current = {k: paths[k] for k in ("drifted", "control") if args.only in (None, k)}
+    logits = history_teacher(paths["history"], current, OUT / f"headroom_{args.design}", args.sets)
+    summary = {}
+    for name, folder in current.items():
+        out = folder.parent / f"compare_{name}"
+        cmd = ["compare", str(folder), "--out", str(out), "--seeds", str(args.seeds), "--oracle-labels",
+               str(paths["oracle"]), "--set", "teacher.kind=file", "--set", f"teacher.outputs_file={logits[name]}",
+               *args.extra]
+        for item in args.sets:
+            cmd += ["--set", item]
+        print(f"$ cpfd {' '.join(cmd)}", flush=True)
+        tic = time.perf_counter()
+        app(cmd, standalone_mode=False)
+        print(f"wall time {time.perf_counter() - tic:.0f} s", flush=True)
+        results = json.loads((out / "results.json").read_text())
+        summary[name] = {arm: {"mean_f1": e["mean_f1"]["mean"], "vs_pfd": e.get("vs_pfd"),
+                               "worst_group_f1": e.get("worst_group_f1", {}).get("mean")}
+                         for arm, e in results["arms"].items()}
+    (OUT / f"headroom_{args.design}" / "summary.json").write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
