@@ -214,7 +214,7 @@ def test_interpolate_with_normalize_is_rejected():
 
 
 def test_losses_registry_names():
-    assert LOSSES.names() == ["cpfd", "none", "pfd", "wsld"]
+    assert LOSSES.names() == ["cpfd", "none", "pfd", "sync", "wsld"]
     assert {"entropy", "margin", "max_prob", "true_class", "scenario_reliability", "reference_agreement",
             "oracle_gate"} <= set(CONFIDENCES.names())
 
@@ -367,3 +367,16 @@ def test_multilabel_pfd_and_cpfd_values():
     # true_class per label: w = [0.8, 1 − 0.5] → mean(0.8·ln 2, 0.5·0.836988) = 0.486506 → 0.623833 + 0.194602
     assert close(cpfd(out, batch)["loss"], 0.818435)
     assert close(cpfd.sample_weights("t", batch["teacher_logits"]["t"], batch), [[0.8, 0.5]])
+
+
+def test_synchronous_loss_value_and_warm_up():
+    cfg = DistillConfig(method="sync", lam=0.25, temperature=1.0, sync_warmup_steps=1)
+    loss = build_loss(cfg, {"t": "binary"})
+    s, t = torch.tensor([[0.0], [0.0]]), torch.tensor([[math.log(3.0)], [math.log(3.0)]])
+    batch = {"labels": {"t": torch.tensor([1.0, 0.0])}, "label_mask": {"t": torch.tensor([True, False])}}
+    out = {"logits": {"t": s}, "teacher_logits": {"t": t}}
+    teacher_ce = -math.log(0.75)  # labelled row only
+    ce = math.log(2.0)
+    kd = math.log(2.0)  # BCE(σ(0), q=.75) = -.75 log .5 - .25 log .5, both rows
+    assert float(loss(out, batch)["loss"]) == pytest.approx(teacher_ce + 0.75 * ce, abs=1e-6)  # warm-up step
+    assert float(loss(out, batch)["loss"]) == pytest.approx(teacher_ce + 0.75 * ce + 0.25 * kd, abs=1e-6)

@@ -33,6 +33,7 @@ from cpfd.evaluate.references import reference_metrics
 from cpfd.evaluate.report import markdown_report
 from cpfd.distill.targets import load_targets
 from cpfd.io import atomic_write_json
+from cpfd.registry import LOSSES
 from cpfd.runs import CompareFolder, RunFolder
 from cpfd.train.loop import make_fabric
 from cpfd.train.schedule import distill, fit_teacher
@@ -90,7 +91,9 @@ def plan_arms(data: PreparedData, cfg: RunConfig, opts: CompareOptions) -> list[
     if opts.normalize:
         arms.append(Arm("cpfd_norm", "privileged", {**main, "normalize": True}, "CPFD, weights / batch mean"))
     for name in opts.methods:
-        arms.append(Arm(name, "privileged", {"method": name}, f"distillation loss {name}"))
+        loss = LOSSES.get(name)
+        source = "privileged" if loss.distils else None  # sync trains its own teacher alongside the student
+        arms.append(Arm(name, source, {"method": name}, (loss.__doc__ or name).strip().splitlines()[0].rstrip(":,")))
     for name in opts.confidences:
         if name != cfg.distill.confidence:
             arms.append(Arm(f"cpfd_{name}", "privileged", {**main, "confidence": name}, f"CPFD, confidence={name}"))

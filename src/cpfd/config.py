@@ -128,6 +128,8 @@ class DistillConfig(_Strict):
     normalize: bool = Field(False, description="divide w by its batch mean (separates weighting from a smaller λ)")
     floor: float = Field(0.0, ge=0.0, le=1.0, description="w >= floor")
     use_unlabelled: bool = Field(True, description="distil on rows without labels (they carry most of the gain)")
+    sync_warmup_steps: int = Field(200, ge=0, description="method=sync: optimiser steps of teacher training before "
+                                   "the student starts distilling")
     target_temperature: Literal["none", "scenario"] = Field(
         "none", description="scenario: divide the teacher's logits by T_g fitted on each scenario's validation rows "
         "before distilling (flattens the targets where the teacher is unreliable)")

@@ -224,6 +224,51 @@ class WSLDLoss(PFDLoss):
         return w * torch.where(labelled, wsld, torch.ones_like(wsld))
 
 
+@LOSSES.register("sync")
+class SynchronousLoss(SupervisedLoss):
+    r"""The Taobao synchronous schedule: teacher and student on one shared trunk, trained on the same batches,
+
+    :math:`L = \mathrm{CE}(y, t) + \alpha\,\mathrm{CE}(y, t_{aux}) + (1-\lambda)\,\mathrm{CE}(y, s)
+    + \lambda\,\mathbb{1}[k \ge k_0]\,\tau^2\,\mathrm{KD}(\mathrm{sg}(t)/\tau, s/\tau)`
+
+    with k the optimiser step, :math:`k_0` = ``distill.sync_warmup_steps`` (no distillation while the teacher is
+    still untrained), sg the stop-gradient and α = ``teacher.aux_weight`` (the dense tower's own prediction).
+    CE terms average over labelled rows, KD over every row. The model is a
+    :class:`~cpfd.models.synchronous.SynchronousPair`. Reference: Xu et al., *Privileged Features Distillation at
+    Taobao Recommendations*, KDD 2020.
+    """
+
+    distils = False  # no separate teacher run: the teacher is trained inside the model
+    trains_teacher = True
+
+    def __init__(self, cfg: DistillConfig, task_types: dict[str, str | TaskType],
+                 calibration: dict[str, float] | None = None, aux_weight: float = 0.0):
+        super().__init__(cfg, task_types, calibration)
+        self.aux_weight = aux_weight
+        self.steps_seen = 0  # counts training forwards (one per optimiser step)
+
+    def forward(self, output: dict, batch: dict) -> dict[str, Tensor]:
+        if self.training:
+            self.steps_seen += 1
+        distilling = self.steps_seen > self.cfg.sync_warmup_steps or not self.training
+        lam = self.cfg.lam
+        total = 0.0
+        parts: dict[str, Tensor] = {}
+        for task, kind in self.task_types.items():
+            s, t = output["logits"][task], output["teacher_logits"][task]
+            mask, y = batch["label_mask"][task], batch["labels"][task]
+            teacher_ce = _masked_mean(kind.hard_loss(t, y), mask)
+            if self.aux_weight > 0 and output.get("teacher_aux_logits") is not None:
+                teacher_ce = teacher_ce + self.aux_weight * _masked_mean(
+                    kind.hard_loss(output["teacher_aux_logits"][task], y), mask)
+            ce = _masked_mean(kind.hard_loss(s, y), mask)
+            kd = kind.kd_loss(s, t.detach(), self.cfg.temperature).mean()
+            total = total + teacher_ce + (1 - lam) * ce + (lam * kd if distilling else 0.0)
+            parts[f"ce/{task}"], parts[f"kd/{task}"] = ce.detach(), kd.detach()
+            parts[f"teacher_ce/{task}"] = teacher_ce.detach()
+        return {"loss": total, **parts}
+
+
 class WithAuxiliary(nn.Module):
     r"""A teacher's objective: :math:`L = L_{main} + \alpha\, L(\text{aux logits})`, the same loss on the dense
     tower's own prediction. Reference: auxiliary classifiers on intermediate branches, Szegedy et al.,

@@ -109,11 +109,12 @@ def load_teacher(run: RunFolder, data: PreparedData, checkpoint=None) -> nn.Modu
 
 
 def load_student(run: RunFolder, data: PreparedData) -> nn.Module:
-    """Rebuild a student from its run folder; a feature-distillation projector is dropped."""
+    """Rebuild a student from its run folder; a feature-distillation projector or a synchronous teacher is
+    dropped."""
     run = RunFolder(run)
     student = build_student(data, run.config)
     state = load_file(str(run.best))
-    if any(k.startswith("projector.") for k in state):
+    if any(k.startswith(("projector.", "teacher.")) for k in state):  # feature-KD projector, synchronous teacher
         state = {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
     student.load_state_dict(state)
     return student.eval()

@@ -122,6 +122,11 @@ class Teacher(nn.Module):
         privileged: Tensor | None = None,
     ) -> dict:
         cls = self.trunk(features=features, frames=frames, frames_mask=frames_mask, text=text, text_mask=text_mask)
+        return self.fuse(cls, privileged)
+
+    def fuse(self, cls: Tensor, privileged: Tensor | None) -> dict:
+        """Everything after the trunk: the dense tower, fusion and heads (the synchronous schedule shares the
+        trunk with a student and calls this on its output)."""
         if self.tower is not None:
             if privileged is None:
                 raise ValueError("this teacher needs privileged features")

@@ -32,6 +32,7 @@ from cpfd.models.build import (
     load_student,
     load_teacher,
 )
+from cpfd.models.synchronous import SynchronousPair
 from cpfd.runs import RunFolder
 from cpfd.train.loop import fit, predict, unwrap
 from cpfd.train.teacher_kinds import fit_gbdt, import_outputs
@@ -153,9 +154,9 @@ def fit_teacher(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, res
 
 def student_train_rows(data: PreparedData, cfg: RunConfig) -> np.ndarray:
     """Distillation uses unlabelled train rows too (they get the teacher's soft label); the baseline cannot."""
-    if cfg.distill.method != "none" and cfg.distill.use_unlabelled:
-        return data.indices("train")
-    return data.indices("train", labelled_only=True)
+    objective = LOSSES.get(cfg.distill.method)
+    soft_labels = objective.distils or getattr(objective, "trains_teacher", False)
+    return data.indices("train", labelled_only=not (soft_labels and cfg.distill.use_unlabelled))
 
 
 def per_scenario_targets(data: PreparedData, targets: TeacherTargets) -> TeacherTargets:
@@ -240,8 +241,11 @@ def distill(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, teacher
             # Built before seeding, so the student's initialisation and dropout draws match the cached mode.
             frozen = load_teacher(teacher_run, data).to(fabric.device)
             teacher = OnlineTeacher(frozen, targets)
-    objective = objective_cls(cfg.distill, {t.name: t.kind for t in data.tasks},
-                              targets.temperatures if targets is not None else None)
+    task_types = {t.name: t.kind for t in data.tasks}
+    if getattr(objective_cls, "trains_teacher", False):
+        objective = objective_cls(cfg.distill, task_types, None, aux_weight=cfg.teacher.aux_weight)
+    else:
+        objective = objective_cls(cfg.distill, task_types, targets.temperatures if targets is not None else None)
     with fabric.rank_zero_first():  # before seeding: building a reference's cache must not move the RNG
         contexts = confidence_contexts(data, objective, reference_dir, oracle,
                                        log if fabric.is_global_zero else (lambda _m: None))
@@ -254,7 +258,12 @@ def distill(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, teacher
     model = student
     if objective.distils and cfg.distill.feature_kd != "none":
         model = StudentWithProjector(student, targets.embedding.shape[1])
-    task = DistillTask(model, objective, teacher)
+    trains_teacher = getattr(objective, "trains_teacher", False)
+    if trains_teacher:  # the Taobao synchronous schedule: the teacher shares the student's trunk
+        t_cfg = cfg.model_copy(deep=True)
+        t_cfg.teacher.use_privileged = True
+        model = SynchronousPair(student, build_teacher(data, t_cfg))
+    task = DistillTask(model, objective, teacher, model_takes_privileged=trains_teacher)
     task.prepare(data.labels, data.label_mask, contexts)
     rows = student_train_rows(data, cfg)
     result = fit(fabric, task, data, rows, cfg.train, run, resume=resume, desc=f"student[{cfg.distill.method}]")
