@@ -1,15 +1,16 @@
 """Benchmarks with headroom for confidence weighting (issue 9): a teacher trained on clean *history*, distilled on
 *current* data where some business scenarios' privileged features went stale.
 
-Fashion-MNIST, the student sees the 7×7 image (49 features), the privileged features are the 28×28 image.
+Fashion-MNIST, the student sees a coarse 4×4 image (16 features: too coarse to tell a shirt from a t-shirt, so
+it leans on the teacher there), the privileged features are the 28×28 image.
 - History (the teacher's training data): 6 000 labelled images, scenarios ``mature`` (80 %, with the 28×28
   image) and ``new`` (20 %, no privileged features). The teacher is fitted there once and scores the current
   rows (``teacher.kind=file``): it never saw a stale row, as a production teacher trained on last quarter's logs.
 - Current data: 1 000 labelled + 10 000 unlabelled train rows, 1 000 validation rows, the 10 000 test images.
-  ``--design stale``: 70 % of the shirts, t-shirts, pullovers and coats are in scenario ``stale``, their
-  privileged image is another item of the confusable class (shirt ↔ t-shirt, pullover ↔ coat): the teacher is
-  wrong there, concentrated in four classes whose 7×7 images the student can hardly tell apart.
-  ``--design rare``: a ``partner`` scenario of 5 % of all rows (drawn from the same four classes) whose privileged
+  ``--design stale``: 70 % of the shirts and pullovers are in scenario ``stale``: their privileged image is that
+  of another item the listing now shows (a sneaker for a shirt, a bag for a pullover). The history teacher
+  trusts the 28×28 image and is confidently wrong there, concentrated in two classes.
+  ``--design rare``: a ``partner`` scenario of 5 % of all rows (drawn from the same two classes) whose privileged
   image means something else in the same way.
   The rest is ``mature`` / ``new`` as in history.
 - Each design runs twice: the *drifted* data above and an *in-distribution control* with the same scenarios but
@@ -35,17 +36,22 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import OUT, ensure_debian_package, write_dataset  # noqa: E402
 from fashion_mnist import CLASSES, ROOT, read_idx  # noqa: E402
 
-CONFUSABLE = {6: 0, 0: 6, 2: 4, 4: 2}  # shirt <-> t-shirt, pullover <-> coat
-SPEC = {"id": "id", "split": "split", "group": "scenario", "inputs": {"features": ["px7_*"]},
+# A stale listing shows another product: shirts show a sneaker, pullovers a bag. (Swapping within confusable
+# pairs, shirt <-> t-shirt and pullover <-> coat, was tried first: the oracle gate gained +0.002 on one seed, since
+# errors between classes the student cannot tell apart cost it nothing.)
+STALE_DONOR = {6: 7, 2: 8}
+STUDENT_SIZE = 4  # the student's image is STUDENT_SIZE × STUDENT_SIZE block means
+SPEC = {"id": "id", "split": "split", "group": "scenario", "inputs": {"features": ["small_*"]},
         "privileged": ["px28_*"], "tasks": [{"name": "label", "type": "multiclass", "column": "label",
                                               "classes": CLASSES}]}
 
 
 def frame(ids, split, labels, scenario, images, privileged) -> pd.DataFrame:
-    small = images.reshape(-1, 7, 4, 7, 4).mean(axis=(2, 4)).reshape(len(images), 49)
+    k, b = STUDENT_SIZE, 28 // STUDENT_SIZE
+    small = images.reshape(-1, k, b, k, b).mean(axis=(2, 4)).reshape(len(images), k * k)
     return pd.concat([
         pd.DataFrame({"id": ids, "split": split, "label": labels, "scenario": scenario}),
-        pd.DataFrame(small.astype(np.float32), columns=[f"px7_{k:02d}" for k in range(49)]),
+        pd.DataFrame(small.astype(np.float32), columns=[f"small_{j:02d}" for j in range(k * k)]),
         pd.DataFrame(privileged.reshape(len(images), 784).astype(np.float32), columns=[f"px28_{k:03d}" for k in range(784)]),
     ], axis=1)
 
@@ -86,18 +92,18 @@ def build(design: str, root: Path, seed: int = 0, n_history: int = 6000, n_label
     unlabelled[n_labelled:n_labelled + n_unlabelled] = True
     scenario = mature_or_new(len(labels), rng)
     scenario[unlabelled] = "mature"  # a row without privileged features and without a label teaches nothing
-    confusable = np.isin(labels, list(CONFUSABLE))
+    affected = np.isin(labels, list(STALE_DONOR))
     if design == "stale":
-        hit = confusable & (rng.random(len(labels)) < 0.7)
+        hit = affected & (rng.random(len(labels)) < 0.7)
         scenario[hit] = "stale"
     else:  # rare: 5 % of all rows, from the same classes
-        share = 0.05 / confusable.mean()
-        hit = confusable & (rng.random(len(labels)) < share)
+        share = 0.05 / affected.mean()
+        hit = affected & (rng.random(len(labels)) < share)
         scenario[hit] = "partner"
-    donor_by_class = {c: donors[y_train[donors] == c] for c in set(CONFUSABLE.values())}
+    donor_by_class = {c: donors[y_train[donors] == c] for c in set(STALE_DONOR.values())}
     swapped = idx_images.copy()
     for k in np.flatnonzero(hit):
-        swapped[k] = x_train[rng.choice(donor_by_class[CONFUSABLE[labels[k]]])]
+        swapped[k] = x_train[rng.choice(donor_by_class[STALE_DONOR[labels[k]]])]
     text = np.array([CLASSES[v] for v in labels], dtype=object)
     shown = text.copy()
     shown[unlabelled] = None

@@ -106,7 +106,7 @@ def test_oracle_gate_values():
 def test_context_confidences_refuse_to_run_without_their_inputs():
     probs, labels, mask = torch.tensor([0.9]), torch.ones(1), torch.ones(1, dtype=torch.bool)
     bare = TaskContext(split=np.array(["train"]))
-    for name in ("scenario_reliability", "reference_agreement", "oracle_gate"):
+    for name in ("scenario_reliability", "reference_agreement", "oracle_gate", "fold_variance"):
         with pytest.raises(ValueError, match="needs"):
             CONFIDENCES.get(name)(probs, labels, mask, "binary", context=bare)
     loss = build_loss(DistillConfig(method="cpfd", confidence="scenario_reliability"), {"t": "binary"})
@@ -214,7 +214,7 @@ def test_interpolate_with_normalize_is_rejected():
 
 
 def test_losses_registry_names():
-    assert LOSSES.names() == ["cpfd", "none", "pfd", "sync", "wsld"]
+    assert LOSSES.names() == ["cckd_t", "cpfd", "none", "pfd", "sync", "wsld"]
     assert {"entropy", "margin", "max_prob", "true_class", "scenario_reliability", "reference_agreement",
             "oracle_gate"} <= set(CONFIDENCES.names())
 
@@ -380,3 +380,25 @@ def test_synchronous_loss_value_and_warm_up():
     kd = math.log(2.0)  # BCE(σ(0), q=.75) = -.75 log .5 - .25 log .5, both rows
     assert float(loss(out, batch)["loss"]) == pytest.approx(teacher_ce + 0.75 * ce, abs=1e-6)  # warm-up step
     assert float(loss(out, batch)["loss"]) == pytest.approx(teacher_ce + 0.75 * ce + 0.25 * kd, abs=1e-6)
+
+
+def test_cckd_target_correction_values():
+    loss = build_loss(DistillConfig(method="cckd_t"), {"t": "multiclass"})
+    teacher = torch.tensor([[0.6, 0.3, 0.1], [0.6, 0.3, 0.1]]).log()
+    batch = {"labels": {"t": torch.tensor([1, 1])}, "label_mask": {"t": torch.tensor([True, False])}}
+    target = torch.softmax(loss.target_logits("t", teacher, batch), -1)
+    # c = .3: .3·[.6, .3, .1] + .7·[0, 1, 0] = [.18, .79, .03]; the unlabelled row keeps the teacher.
+    assert torch.allclose(target, torch.tensor([[0.18, 0.79, 0.03], [0.6, 0.3, 0.1]]), atol=1e-6)
+    binary = build_loss(DistillConfig(method="cckd_t"), {"t": "binary"})
+    z = torch.tensor([[math.log(0.25 / 0.75)]])  # q = .25, y = 1: c = .25, q' = .25·.25 + .75 = .8125
+    out = binary.target_logits("t", z, {"labels": {"t": torch.tensor([1.0])}, "label_mask": {"t": torch.tensor([True])}})
+    assert torch.sigmoid(out).item() == pytest.approx(0.8125)
+
+
+def test_fold_variance_values():
+    folds = torch.tensor([[0.5, 0.5, 0.9], [0.7, 0.5, 0.5]])  # two fold teachers, three rows (binary q)
+    context = TaskContext(split=np.array(["train"] * 3), fold_probs=folds)
+    # Var over folds: .01, 0, .04; median .01; c = 1 / (1 + v / median) = .5, 1, .2
+    c = CONFIDENCES.get("fold_variance")(folds.mean(0), torch.zeros(3), torch.zeros(3, dtype=torch.bool), "binary",
+                                         context=context)
+    assert torch.allclose(c, torch.tensor([0.5, 1.0, 0.2]), atol=1e-6)

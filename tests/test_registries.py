@@ -46,7 +46,9 @@ def test_every_confidence_is_in_unit_range_has_the_right_shape_and_is_label_free
         hidden = _labels(kind, *SHAPES[kind])
         extra["context"] = TaskContext(split=np.array(["train", "train", "val", "train", "train", "val"]),
                                        groups=np.array(list("aabbab")), reference_probs=reference,
-                                       oracle_labels=hidden, oracle_mask=~mask, min_group_rows=1)
+                                       oracle_labels=hidden, oracle_mask=~mask, min_group_rows=1,
+                                       fold_probs=torch.stack([tt.probs(torch.randn(logits.shape, generator=GEN))
+                                                               for _ in range(3)]))
     c = fn(probs, labels, mask, kind, **extra)
     expected = probs.shape if tt.per_label else probs.shape[:1]
     assert c.shape == expected

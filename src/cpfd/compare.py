@@ -79,7 +79,9 @@ def plan_arms(data: PreparedData, cfg: RunConfig, opts: CompareOptions) -> list[
                  Arm("cpfd_labelled", "privileged", {**main, "use_unlabelled": False}, "CPFD, labelled rows only")]
     if opts.oof:
         arms += [Arm("pfd_oof", "oof", {"method": "pfd"}, "PFD, cross-fitted teacher outputs"),
-                 Arm("cpfd_oof", "oof", main, "CPFD, cross-fitted teacher outputs")]
+                 Arm("cpfd_oof", "oof", main, "CPFD, cross-fitted teacher outputs"),
+                 Arm("cpfd_fold_variance", "oof", {**main, "confidence": "fold_variance"},
+                     "CPFD, weights from fold-teacher disagreement, fold-mean target (UST)")]
     if opts.scenario_arms if opts.scenario_arms is not None else data.groups is not None:
         arms.append(Arm("cpfd_scenario", "privileged", {**main, "confidence": "scenario_reliability"},
                         "CPFD, per-scenario reliability vs the no-privileged teacher"))

@@ -30,7 +30,7 @@ from cpfd.registry import CONFIDENCES
 from cpfd.task_types import task_type as as_task_type
 
 __all__ = ["CONFIDENCES", "max_prob", "true_class", "entropy", "margin", "scenario_reliability",
-           "reference_agreement", "oracle_gate"]
+           "reference_agreement", "oracle_gate", "fold_variance"]
 _EPS = 1e-12
 
 
@@ -163,3 +163,24 @@ def oracle_gate(probs: Tensor, labels: Tensor, label_mask: Tensor, task_type, co
 
 
 oracle_gate.needs = ("oracle",)
+
+
+@CONFIDENCES.register("fold_variance")
+def fold_variance(probs: Tensor, labels: Tensor, label_mask: Tensor, task_type, context: TaskContext) -> Tensor:
+    r"""Label-free disagreement of K cross-fitted fold teachers: :math:`v_i = \sum_k \mathrm{Var}_f(p^{(f)}_{ik})`
+    (binary and per label: the variance of :math:`q`), :math:`c_i = 1 / (1 + v_i / \mathrm{median}_j v_j)`.
+    Used with the fold teachers' mean as the target (the distil step swaps it in when this confidence is
+    chosen). Reference: Mukherjee & Awadallah, *Uncertainty-aware Self-training for Few-shot Text
+    Classification* (UST), NeurIPS 2020.
+    """
+    if context.fold_probs is None or context.fold_probs.shape[0] < 2:
+        raise ValueError("fold_variance needs >= 2 cross-fitted fold teachers (teacher.oof_folds >= 2)")
+    kind = as_task_type(task_type)
+    v = context.fold_probs.double().var(dim=0, unbiased=False)
+    if not kind.per_label and v.dim() == 2:
+        v = v.sum(-1)
+    median = v.median() if not kind.per_label else v.median(dim=0).values
+    return (1 / (1 + v / median.clamp_min(1e-12))).float()
+
+
+fold_variance.needs = ("folds",)

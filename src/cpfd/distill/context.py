@@ -22,6 +22,7 @@ class TaskContext:
     reference_probs: Tensor | None = None  # calibrated probabilities of a no-privileged model, every row
     oracle_labels: Tensor | None = None  # hidden labels (benchmarks only), with ``oracle_mask``
     oracle_mask: Tensor | None = None
+    fold_probs: Tensor | None = None  # (K, rows, ...) calibrated probabilities of K cross-fitted fold teachers
     min_group_rows: int = 30  # fewer labelled validation rows than this: a scenario uses the global estimate
 
 
@@ -34,5 +35,5 @@ def takes_context(fn) -> bool:
 
 
 def needs(fn) -> frozenset[str]:
-    """What a confidence function requires of its context: a subset of {"reference", "oracle"}."""
+    """What a confidence function requires of its context: a subset of {"reference", "oracle", "folds"}."""
     return frozenset(getattr(fn, "needs", ()))

@@ -125,6 +125,10 @@ class PFDLoss(SupervisedLoss):
             return torch.ones(shape, device=teacher_logits.device)
         return self.weights_from_confidence(c)
 
+    def target_logits(self, task: str, teacher_logits: Tensor, batch: dict) -> Tensor:
+        """Hook for objectives that correct the teacher's target before KD; default: the teacher's logits."""
+        return teacher_logits
+
     def step_weights(self, task: str, student_logits: Tensor, teacher_logits: Tensor, batch: dict, w: Tensor) -> Tensor:
         """Hook for weights that depend on the student's current output (recomputed every step); default: ``w``."""
         return w
@@ -139,7 +143,7 @@ class PFDLoss(SupervisedLoss):
         weights = []
         for task, kind in self.task_types.items():
             s = output["logits"][task]
-            t = batch["teacher_logits"][task]
+            t = self.target_logits(task, batch["teacher_logits"][task], batch)
             mask = batch["label_mask"][task]
             ce = kind.hard_loss(s, batch["labels"][task])
             kd = kind.kd_loss(s, t, self.cfg.temperature)
@@ -222,6 +226,32 @@ class WSLDLoss(PFDLoss):
         wsld = 1 - torch.exp(-ce_s / ce_t.clamp_min(1e-8))
         labelled = kind.element_mask(batch["label_mask"][task].bool(), wsld)
         return w * torch.where(labelled, wsld, torch.ones_like(wsld))
+
+
+@LOSSES.register("cckd_t")
+class CCKDTargetLoss(PFDLoss):
+    r"""PFD against a target pulled toward the label where the teacher doubts it (labelled rows only):
+
+    :math:`t'_i = c_i\, p^t_i + (1 - c_i)\, e_{y_i}` with :math:`c_i` the calibrated teacher's probability of the
+    true class and :math:`p^t` the target PFD distils (binary and per label: :math:`q' = c\,q + (1-c)\,y`);
+    unlabelled rows keep :math:`p^t`. KD then uses :math:`\log t'` as the teacher's logits. Reference: Mishra & Sundaram,
+    *Confidence Conditioned Knowledge Distillation*, 2021 (CCKD-T, target correction).
+    """
+
+    def target_logits(self, task, teacher_logits, batch):
+        kind = self.task_types[task]
+        y, labelled = batch["labels"][task], batch["label_mask"][task].bool()
+        c = kind.true_class_prob(task_probs(teacher_logits.detach(), kind, self.calibration.get(task, 1.0)), y)
+        p = task_probs(teacher_logits.detach(), kind)  # the target PFD distils (temperature 1), corrected
+        if kind.name == "multiclass":
+            onehot = F.one_hot(y.clamp(min=0).long(), p.shape[-1]).to(p.dtype)
+            corrected = (c.unsqueeze(-1) * p + (1 - c.unsqueeze(-1)) * onehot).clamp_min(1e-8).log()
+            keep = labelled.unsqueeze(-1)
+        else:
+            q = (c * p + (1 - c) * y.to(p.dtype)).clamp(1e-6, 1 - 1e-6)
+            corrected = (q.log() - (1 - q).log()).reshape(teacher_logits.shape)
+            keep = kind.element_mask(labelled, q).reshape(teacher_logits.shape)
+        return torch.where(keep, corrected, teacher_logits.detach())
 
 
 @LOSSES.register("sync")

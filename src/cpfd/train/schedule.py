@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 
 import numpy as np
+import torch
 from lightning_fabric import Fabric
 
 from cpfd.config import RunConfig
@@ -36,7 +37,7 @@ from cpfd.models.synchronous import SynchronousPair
 from cpfd.runs import RunFolder
 from cpfd.train.loop import fit, predict, unwrap
 from cpfd.train.teacher_kinds import fit_gbdt, import_outputs
-from cpfd.train.teacher_outputs import teacher_report, teacher_targets
+from cpfd.train.teacher_outputs import fold_logits, teacher_report, teacher_targets
 
 Log = Callable[[str], None]
 
@@ -174,8 +175,19 @@ def per_scenario_targets(data: PreparedData, targets: TeacherTargets) -> Teacher
                           {**targets.calibration, "scenario_temperature": report})
 
 
+def fold_mean_targets(data: PreparedData, targets: TeacherTargets, contexts: dict[str, TaskContext]) -> TeacherTargets:
+    """The fold teachers' mean probability as the distillation target (with ``fold_variance``), as logits."""
+    logits = {}
+    for task in data.tasks:
+        mean = contexts[task.name].fold_probs.mean(0).clamp(1e-6, 1 - 1e-6)
+        z = mean.log() if task.kind.name == "multiclass" else (mean.log() - (1 - mean).log())
+        logits[task.name] = z.reshape(targets.logits[task.name].shape)
+    return TeacherTargets(logits, targets.embedding, {t: 1.0 for t in targets.temperatures},
+                          {**targets.calibration, "target": "fold mean"})
+
+
 def confidence_contexts(data: PreparedData, objective, reference_dir=None, oracle: OracleLabels | None = None,
-                        log: Log = print) -> dict[str, TaskContext] | None:
+                        log: Log = print, teacher_dir=None) -> dict[str, TaskContext] | None:
     """The :class:`TaskContext` per task for a context-aware confidence; None when the objective needs none.
     Hidden oracle labels go into it only when the confidence itself asks for them (the oracle control)."""
     if not getattr(objective, "takes_context", False):
@@ -191,6 +203,12 @@ def confidence_contexts(data: PreparedData, objective, reference_dir=None, oracl
             raise UsageError(f"--reference {ref_run.path} was fitted with privileged features; the reference must "
                              "see only the student's inputs (teacher.use_privileged=false)")
         reference = teacher_targets(ref_run, data, log)
+    folds = None
+    if "folds" in required:
+        folds = fold_logits(RunFolder(teacher_dir), data) if teacher_dir is not None else []
+        if len(folds) < 2:
+            raise UsageError(f"confidence {objective.cfg.confidence!r} needs a teacher fitted with cross-fitted "
+                             "fold teachers (fit-teacher --oof-folds 5)")
     if "oracle" in required and oracle is None:
         raise UsageError(f"confidence {objective.cfg.confidence!r} needs hidden labels (cpfd compare --oracle-labels)")
     contexts = {}
@@ -199,7 +217,12 @@ def confidence_contexts(data: PreparedData, objective, reference_dir=None, oracl
         if reference is not None:
             ref_probs = task_probs(reference.logits[task.name], task.kind, reference.temperatures.get(task.name, 1.0))
         hidden = "oracle" in required
+        fold_probs = None
+        if folds is not None:
+            t = objective.calibration.get(task.name, 1.0)
+            fold_probs = torch.stack([task_probs(f[task.name], task.kind, t) for f in folds])
         contexts[task.name] = TaskContext(
+            fold_probs=fold_probs,
             split=np.asarray(data.split), groups=data.groups, reference_probs=ref_probs,
             oracle_labels=oracle.labels.get(task.name) if hidden else None,
             oracle_mask=oracle.mask.get(task.name) if hidden else None)
@@ -248,7 +271,10 @@ def distill(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, teacher
         objective = objective_cls(cfg.distill, task_types, targets.temperatures if targets is not None else None)
     with fabric.rank_zero_first():  # before seeding: building a reference's cache must not move the RNG
         contexts = confidence_contexts(data, objective, reference_dir, oracle,
-                                       log if fabric.is_global_zero else (lambda _m: None))
+                                       log if fabric.is_global_zero else (lambda _m: None), teacher_dir)
+    if contexts and next(iter(contexts.values())).fold_probs is not None:
+        targets = fold_mean_targets(data, targets, contexts)
+        teacher = CachedTeacher(targets)
     if fabric.is_global_zero:
         _write_run(run, cfg, data, "student", {"teacher": str(teacher_dir) if teacher_dir else None,
                                                "reference": str(reference_dir) if reference_dir else None,

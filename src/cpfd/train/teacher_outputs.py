@@ -85,6 +85,20 @@ def raw_outputs(run: RunFolder, data: PreparedData) -> tuple[dict[str, torch.Ten
     return neural_outputs(load_teacher(run, data), data, fold_teachers)
 
 
+def fold_logits(run: RunFolder, data: PreparedData) -> list[dict[str, torch.Tensor]]:
+    """Every fold teacher's uncalibrated logits on *every* row (for the fold-variance confidence); [] without folds."""
+    run = RunFolder(run)
+    kind = run.config.teacher.kind
+    out = []
+    for k in range(len(_fold_rows(run, data))):
+        if kind == "lightgbm":
+            out.append(gbdt_outputs(run.fold(k).gbdt_model, data)[0])
+        elif kind == "neural":
+            out.append(predict(load_teacher(run, data, run.fold(k).best), data, np.arange(len(data)),
+                               with_privileged=True)["logits"])
+    return out
+
+
 def teacher_targets(run: RunFolder, data: PreparedData, log: Log = print) -> TeacherTargets:
     """The teacher's cached outputs for ``data``; (re)built when missing, stale or corrupt."""
     run = RunFolder(run)
