@@ -17,14 +17,15 @@ it leans on the teacher there), the privileged features are the 28×28 image.
   clean privileged images, where every arm should tie. The hidden labels of the unlabelled rows go to
   ``--oracle-labels`` (the oracle-gate ceiling) and to nothing else.
 
-    python bench/stale_history.py --design stale --seeds 5        # reported numbers (CPU: ~25 min)
-    python bench/stale_history.py --design rare --seeds 5
+    python bench/stale_history.py --design stale --seeds 5 --set train.progress=false   # reported (CPU ~45 min)
+    python bench/stale_history.py --design rare --seeds 5 --extra=--no-labelled-only --set train.progress=false
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -146,8 +147,8 @@ def main() -> None:
     parser.add_argument("--design", choices=["stale", "rare"], default="stale")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--only", choices=["drifted", "control"], help="run one of the two teachers' data")
-    parser.add_argument("--extra", nargs="*", default=["--confidences", "reference_agreement",
-                                                        "--no-labelled-only"], help="extra `cpfd compare` flags")
+    parser.add_argument("--extra", default="--no-labelled-only --methods wsld,cckd_t",
+                        help="extra `cpfd compare` flags, one quoted string")
     parser.add_argument("--data-dir", type=Path, default=ROOT, help="folder with the four idx.gz files")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="config override for every run")
     args = parser.parse_args()
@@ -161,7 +162,7 @@ def main() -> None:
         out = folder.parent / f"compare_{name}"
         cmd = ["compare", str(folder), "--out", str(out), "--seeds", str(args.seeds), "--oracle-labels",
                str(paths["oracle"]), "--set", "teacher.kind=file", "--set", f"teacher.outputs_file={logits[name]}",
-               *args.extra]
+               *shlex.split(args.extra)]
         for item in args.sets:
             cmd += ["--set", item]
         print(f"$ cpfd {' '.join(cmd)}", flush=True)

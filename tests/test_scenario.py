@@ -123,3 +123,20 @@ def test_synchronous_schedule_trains_a_deployable_student(tmp_path):
     assert result.exit_code == 0, result.output
     again = json.loads((out / "eval.json").read_text())
     assert again["test"]["mean_f1"] == pytest.approx(metrics["test"]["mean_f1"])
+
+
+def test_fold_variance_distils_the_fold_mean_and_needs_fold_teachers(tmp_path):
+    ds = make_dataset(tmp_path / "ds", n=120, n_unlabelled=40)
+    plain, folded = tmp_path / "plain", tmp_path / "folded"
+    assert runner.invoke(app, ["fit-teacher", str(ds), "--out", str(plain), "--epochs", "1", *FAST]).exit_code == 0
+    args = ["--method", "cpfd", "--confidence", "fold_variance", "--epochs", "1", *FAST]
+    result = runner.invoke(app, ["distill", str(ds), "--teacher", str(plain), "--out", str(tmp_path / "a"), *args])
+    assert result.exit_code != 0 and "--oof-folds" in result.output
+    result = runner.invoke(app, ["fit-teacher", str(ds), "--out", str(folded), "--epochs", "1", "--oof-folds", "2",
+                                 *FAST])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["distill", str(ds), "--teacher", str(folded), "--out", str(tmp_path / "b"), *args])
+    assert result.exit_code == 0, result.output
+    weights = json.loads((tmp_path / "b" / "metrics.json").read_text())["weights"]
+    for w in weights.values():  # 1 / (1 + v / median v): the median row gets 1/2, and none exceeds 1
+        assert 0 < w["mean_weight"] < 1
