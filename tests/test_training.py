@@ -269,3 +269,35 @@ def test_resume_refuses_another_dataset_or_config_and_restores_from_one_file(fit
     state = load_file(str(tmp_path / "run" / "checkpoints" / "last_state.safetensors"))
     last = load_file(str(tmp_path / "run" / "checkpoints" / "last.safetensors"))
     assert all(torch.equal(state[f"model/{k}"], v) for k, v in last.items())
+
+
+def test_resume_continues_inside_an_epoch(fitted, monkeypatch):
+    root, data, cfg, fabric = fitted
+    full = cfg.model_copy(deep=True)
+    full.train.epochs = 2
+    full.train.checkpoint_every_steps = 2
+    distill(data, full, root / "mid_straight", fabric, root / "teacher")
+    steps_per_epoch = json.loads((root / "mid_straight" / "history.json").read_text())["epochs"][0]["step"]
+    assert steps_per_epoch >= 4
+
+    # Crash on the step after the second in-epoch checkpoint of epoch 2 (that step's work is lost and redone).
+    crash_at = steps_per_epoch + 5
+    calls = {"n": 0}
+    original = torch.optim.AdamW.step
+
+    def crashing_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == crash_at:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", crashing_step)
+    with pytest.raises(KeyboardInterrupt):
+        distill(data, full, root / "mid_resumed", fabric, root / "teacher")
+    monkeypatch.setattr(torch.optim.AdamW, "step", original)
+    distill(data, full, root / "mid_resumed", fabric, root / "teacher", resume=True)
+    a = load_file(str(root / "mid_straight" / "checkpoints" / "last.safetensors"))
+    b = load_file(str(root / "mid_resumed" / "checkpoints" / "last.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    history = json.loads((root / "mid_resumed" / "history.json").read_text())["epochs"]
+    assert [h["epoch"] for h in history] == [0, 1] and history[-1]["step"] == 2 * steps_per_epoch

@@ -175,6 +175,9 @@ class TrainConfig(_Strict):
     precision: str = "32-true"
     num_workers: int = Field(0, ge=0)
     progress: bool = True
+    checkpoint_every_steps: int = Field(0, ge=0, description="also save the resumable state every N optimiser steps "
+                                        "inside an epoch, so --resume continues mid-epoch (0: off)")
+    checkpoint_every_minutes: float = Field(10.0, ge=0, description="and at most this many minutes apart (0: off)")
 
 
 class RunConfig(_Strict):

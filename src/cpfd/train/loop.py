@@ -12,6 +12,7 @@ split itself, so all ranks take the same early-stopping decision without talking
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
@@ -34,8 +35,22 @@ from cpfd.runs import RunFolder
 from cpfd.train.batches import RowDataset, passthrough
 from cpfd.train.budget import plan_budget
 
-LOG_EVERY_S = 30.0
 from cpfd.train.checkpoint import load_training_state, save_training_state
+
+LOG_EVERY_S = 30.0
+
+
+class SkipFirst(torch.utils.data.Sampler):
+    """``sampler``'s order for this epoch without its first ``skip`` indices (a resumed epoch's remainder)."""
+
+    def __init__(self, sampler: DistributedSampler, skip: int):
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(len(self.sampler) - self.skip, 0)
 
 
 
@@ -138,7 +153,9 @@ def fit(fabric: Fabric, task: DistillTask, data: PreparedData, train_idx: np.nda
     if resume and run.last_state.exists():
         state, weights = load_training_state(run.last_state, optimizer, scheduler)
         task.model.load_state_dict(weights)
-        fabric.print(f"resuming {run.path} at epoch {state['epoch'] + 2}")
+        partial = state.get("in_epoch")
+        fabric.print(f"resuming {run.path} at epoch {state['epoch'] + 2}"
+                     + (f", after its first {partial['steps']} steps" if partial else ""))
     history = state["history"]
     task.model, optimizer = fabric.setup(task.model, optimizer)
     with_privileged = task.needs_privileged
@@ -147,8 +164,14 @@ def fit(fabric: Fabric, task: DistillTask, data: PreparedData, train_idx: np.nda
     sampler = DistributedSampler(
         dataset, num_replicas=fabric.world_size, rank=fabric.global_rank, shuffle=True, seed=cfg.seed
     )
-    loader = DataLoader(dataset, batch_size=budget.batch_size, sampler=sampler, collate_fn=passthrough,
-                        num_workers=cfg.num_workers)
+
+    def loader(skip_batches: int) -> DataLoader:
+        # Its own generator: creating an iterator draws a seed, which must not shift the global RNG that dropout
+        # uses (a mid-epoch resume creates it at another point of that stream than the uninterrupted run).
+        return DataLoader(dataset, batch_size=budget.batch_size, sampler=SkipFirst(sampler, skip_batches * budget.batch_size),
+                          collate_fn=passthrough, num_workers=cfg.num_workers,
+                          generator=torch.Generator().manual_seed(cfg.seed))
+
     # Not fabric.setup_dataloaders: its wrapper calls sampler.set_epoch(number of passes so far), which would
     # replay epoch 0's order after a resume; we set the epoch ourselves and move batches with fabric.to_device.
     loggers = [CSVLogger(run.logs, name="csv"), TensorBoardLogger(run.logs, name="tensorboard")]
@@ -156,17 +179,30 @@ def fit(fabric: Fabric, task: DistillTask, data: PreparedData, train_idx: np.nda
     # Without bars (not a terminal, e.g. CI or a log file) a plain line every LOG_EVERY_S seconds says where it is.
     last_line = time.monotonic()
 
+    last_save = time.monotonic()
+
+    def checkpoint_due(global_step: int) -> bool:
+        nonlocal last_save
+        by_steps = cfg.checkpoint_every_steps > 0 and global_step % cfg.checkpoint_every_steps == 0
+        by_time = cfg.checkpoint_every_minutes > 0 and time.monotonic() - last_save >= 60 * cfg.checkpoint_every_minutes
+        if by_steps or by_time:
+            last_save = time.monotonic()
+        return by_steps or by_time
+
     stopped_early = False
     step = state["step"]
     epoch = state["epoch"]
     for epoch in range(state["epoch"] + 1, budget.epochs):
         sampler.set_epoch(epoch)
         task.train()
-        sums: dict[str, float] = {}
-        steps, rows, tic = 0, 0, time.perf_counter()
-        bar = tqdm(total=len(sampler), desc=f"{desc} {epoch + 1}/{budget.epochs}", unit="row", leave=False,
-                   disable=not show, dynamic_ncols=True)
-        for batch in loader:
+        partial = state.get("in_epoch") if (state.get("in_epoch") or {}).get("epoch") == epoch else None
+        sums: dict[str, float] = dict(partial["sums"]) if partial else {}
+        steps, rows, tic = (partial["steps"], partial["rows"], time.perf_counter()) if partial else (0, 0, time.perf_counter())
+        epoch_loader, rows_before = loader(steps), rows
+        bar = tqdm(total=len(sampler), initial=min(steps * budget.batch_size, len(sampler)),
+                   desc=f"{desc} {epoch + 1}/{budget.epochs}", unit="row", leave=False, disable=not show,
+                   dynamic_ncols=True)
+        for batch in epoch_loader:
             out = task(fabric.to_device(batch))
             optimizer.zero_grad(set_to_none=True)
             fabric.backward(out["loss"])
@@ -179,6 +215,12 @@ def fit(fabric: Fabric, task: DistillTask, data: PreparedData, train_idx: np.nda
             rows += len(batch["index"])
             bar.update(len(batch["index"]))
             bar.set_postfix(loss=f"{float(out['loss'].detach()):.4f}")
+            if checkpoint_due(step + steps) and steps < len(epoch_loader) + (partial or {}).get("steps", 0):
+                # Mid-epoch: the same one-file state, plus where in this epoch's order training stands.
+                state["in_epoch"] = {"epoch": epoch, "steps": steps, "rows": rows, "sums": sums}
+                if fabric.is_global_zero:
+                    save_training_state(run.last_state, optimizer, state | {"history": history}, scheduler,
+                                        unwrap(task.model).state_dict())
         bar.close()
         step += steps
         elapsed = time.perf_counter() - tic
@@ -190,7 +232,7 @@ def fit(fabric: Fabric, task: DistillTask, data: PreparedData, train_idx: np.nda
         key = val_loss if cfg.select == "val_loss" else -val["mean_f1"]
         record = {f"train/{k}": v / max(steps, 1) for k, v in sums.items()}
         record |= {"val/loss": val_loss, "val/mean_f1": val["mean_f1"], "epoch": epoch, "step": step,
-                   "lr": scheduler.get_last_lr()[0], "rows_per_s": rows * fabric.world_size / max(elapsed, 1e-9)}
+                   "lr": scheduler.get_last_lr()[0], "rows_per_s": (rows - rows_before) * fabric.world_size / max(elapsed, 1e-9)}
         record |= {f"val/f1/{t}": m["f1"] for t, m in val["tasks"].items()}
         history.append(record)
         if fabric.is_global_zero:
@@ -202,7 +244,7 @@ def fit(fabric: Fabric, task: DistillTask, data: PreparedData, train_idx: np.nda
                       "best_val_loss": val_loss}
             if fabric.is_global_zero:
                 save_weights(unwrap(task.model), run.best)
-        state |= {"epoch": epoch, "step": step, "history": history}
+        state |= {"epoch": epoch, "step": step, "history": history, "in_epoch": None}
         if fabric.is_global_zero:
             save_weights(unwrap(task.model), run.last)
             save_training_state(run.last_state, optimizer, state, scheduler, unwrap(task.model).state_dict())
