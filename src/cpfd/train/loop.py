@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -82,11 +83,12 @@ def make_fabric(cfg: TrainConfig) -> Fabric:
 
 @torch.no_grad()
 def predict(model: nn.Module, data: PreparedData, indices: np.ndarray, with_privileged: bool = False,
-            batch_size: int = 1024) -> dict:
+            batch_size: int = 1024, progress: str | None = None) -> dict:
     """Logits and embedding for ``indices``, scattered into tensors that cover every row (zeros elsewhere).
 
     ``with_privileged`` passes the privileged features (the model is a teacher). Runs on the device the model's
-    parameters are on; results come back on the CPU."""
+    parameters are on; results come back on the CPU. ``progress`` names the pass for a bar (rows/s, ETA) on a
+    terminal, or a plain line every LOG_EVERY_S seconds otherwise."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -94,8 +96,16 @@ def predict(model: nn.Module, data: PreparedData, indices: np.ndarray, with_priv
     logits = {t.name: torch.zeros(n, t.n_outputs) for t in data.tasks}
     embedding = None
     dataset = RowDataset(data, indices, with_privileged=with_privileged)
+    on_terminal = sys.stderr.isatty()
+    bar = tqdm(total=len(indices), desc=progress, unit="row", leave=False, disable=progress is None or not on_terminal,
+               dynamic_ncols=True)
+    last_line = time.monotonic()
     for start in range(0, len(indices), batch_size):
         batch = to_device(dataset.__getitems__(list(range(start, min(start + batch_size, len(indices))))), device)
+        bar.update(len(batch["index"]))
+        if progress is not None and not on_terminal and time.monotonic() - last_line >= LOG_EVERY_S:
+            print(f"{progress}: {start + len(batch['index'])}/{len(indices)} rows", file=sys.stderr, flush=True)
+            last_line = time.monotonic()
         if with_privileged:
             out = model(**batch["student"], privileged=batch["privileged"])
         else:
@@ -106,6 +116,7 @@ def predict(model: nn.Module, data: PreparedData, indices: np.ndarray, with_priv
         if embedding is None:
             embedding = torch.zeros(n, out["embedding"].shape[1])
         embedding[rows] = out["embedding"].float().cpu()
+    bar.close()
     model.train(was_training)
     return {"logits": logits, "embedding": embedding}
 

@@ -311,7 +311,8 @@ def fit_summary(result) -> dict:
 
 
 def evaluate_student(data: PreparedData, student) -> dict:
-    preds = predict(unwrap(student), data, np.arange(len(data)))
+    scored = np.flatnonzero(np.isin(data.split, ["val", "test"]))  # thresholds tune on val, metrics on test
+    preds = predict(unwrap(student), data, scored, progress="evaluation")
     return {"test": evaluate_logits(data, preds["logits"]), "val": evaluate_logits(data, preds["logits"], "val")}
 
 

@@ -30,9 +30,9 @@ Log = Callable[[str], None]
 def neural_outputs(teacher: nn.Module, data: PreparedData, folds: list[tuple[nn.Module, np.ndarray]] | None = None
                    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Teacher logits and fused embedding for every row; fold teachers overwrite their held-out rows."""
-    out = predict(teacher, data, np.arange(len(data)), with_privileged=True)
-    for fold_teacher, rows in folds or []:
-        fold_out = predict(fold_teacher, data, rows, with_privileged=True)
+    out = predict(teacher, data, np.arange(len(data)), with_privileged=True, progress="teacher outputs")
+    for k, (fold_teacher, rows) in enumerate(folds or []):
+        fold_out = predict(fold_teacher, data, rows, with_privileged=True, progress=f"fold teacher {k + 1} outputs")
         for task in out["logits"]:
             out["logits"][task][rows] = fold_out["logits"][task][rows]
         out["embedding"][rows] = fold_out["embedding"][rows]
