@@ -140,3 +140,18 @@ def test_fold_variance_distils_the_fold_mean_and_needs_fold_teachers(tmp_path):
     weights = json.loads((tmp_path / "b" / "metrics.json").read_text())["weights"]
     for w in weights.values():  # 1 / (1 + v / median v): the median row gets 1/2, and none exceeds 1
         assert 0 < w["mean_weight"] < 1
+
+
+def test_a_reference_fitted_beside_the_teacher_is_found_without_flags(tmp_path):
+    ds = make_dataset(tmp_path / "ds", n=120)
+    teacher = tmp_path / "teacher"
+    result = runner.invoke(app, ["fit-teacher", str(ds), "--out", str(teacher), "--epochs", "1",
+                                 "--set", "teacher.fit_reference=true", *FAST])
+    assert result.exit_code == 0, result.output
+    ref_info = json.loads((teacher / "reference" / "run.json").read_text())
+    assert ref_info["role"] == "teacher" and (teacher / "reference" / "config.yaml").read_text().count(
+        "use_privileged: false") == 1
+    result = runner.invoke(app, ["distill", str(ds), "--teacher", str(teacher), "--out", str(tmp_path / "s"),
+                                 "--method", "cpfd", "--confidence", "scenario_reliability", "--epochs", "1", *FAST])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "s" / "run.json").read_text())["reference"] == str(teacher / "reference")

@@ -95,7 +95,7 @@ def plan_arms(data: PreparedData, cfg: RunConfig, opts: CompareOptions) -> list[
     for name in opts.methods:
         loss = LOSSES.get(name)
         source = "privileged" if loss.distils else None  # sync trains its own teacher alongside the student
-        arms.append(Arm(name, source, {"method": name}, (loss.__doc__ or name).strip().splitlines()[0].rstrip(":,")))
+        arms.append(Arm(name, source, {"method": name}, getattr(loss, "summary", f"distillation loss {name}")))
     for name in opts.confidences:
         if name != cfg.distill.confidence:
             arms.append(Arm(f"cpfd_{name}", "privileged", {**main, "confidence": name}, f"CPFD, confidence={name}"))

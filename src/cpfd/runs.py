@@ -113,6 +113,11 @@ class RunFolder:
         """The ids each fold teacher held out (cross-fitting)."""
         return _read_json(self.folds_file, "fit-teacher with oof_folds >= 2 writes it")
 
+    @property
+    def reference(self) -> "RunFolder":
+        """The no-privileged reference teacher fitted beside this teacher (``teacher.fit_reference``)."""
+        return RunFolder(self.path / "reference")
+
     def fold(self, k: int) -> "RunFolder":
         return RunFolder(self.path / "folds" / str(k))
 

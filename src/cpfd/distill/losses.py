@@ -218,6 +218,8 @@ class WSLDLoss(PFDLoss):
     Perspective*, ICLR 2021 (WSLD).
     """
 
+    summary = "WSLD: student-aware weights 1 - exp(-CE_s/CE_t), recomputed every step"
+
     def step_weights(self, task, student_logits, teacher_logits, batch, w):
         kind = self.task_types[task]
         labels = batch["labels"][task]
@@ -237,6 +239,8 @@ class CCKDTargetLoss(PFDLoss):
     unlabelled rows keep :math:`p^t`. KD then uses :math:`\log t'` as the teacher's logits. Reference: Mishra & Sundaram,
     *Confidence Conditioned Knowledge Distillation*, 2021 (CCKD-T, target correction).
     """
+
+    summary = "CCKD-T: KD target pulled toward the label where the teacher doubts it"
 
     def target_logits(self, task, teacher_logits, batch):
         kind = self.task_types[task]
@@ -267,6 +271,8 @@ class SynchronousLoss(SupervisedLoss):
     :class:`~cpfd.models.synchronous.SynchronousPair`. Reference: Xu et al., *Privileged Features Distillation at
     Taobao Recommendations*, KDD 2020.
     """
+
+    summary = "Taobao synchronous schedule: teacher and student trained together on one trunk"
 
     distils = False  # no separate teacher run: the teacher is trained inside the model
     trains_teacher = True

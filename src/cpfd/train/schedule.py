@@ -145,6 +145,14 @@ def fit_teacher(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, res
                                     model_takes_privileged=True)
             fit(fabric, fold_task, data, np.setdiff1d(labelled, held_out), cfg.train, run.fold(k), resume=resume,
                 desc=f"fold {k + 1}/{len(folds)}", select_within=select)
+    if cfg.teacher.fit_reference and cfg.teacher.use_privileged:
+        r_cfg = cfg.model_copy(deep=True)
+        r_cfg.teacher = r_cfg.teacher.model_copy(update={"use_privileged": False, "kind": "neural", "oof_folds": 0,
+                                                         "fit_reference": False, "outputs_file": None})
+        log(f"reference teacher (no privileged features) -> {run.reference.path}")
+        summary["reference"] = str(run.reference.path)
+        fit_teacher(data, r_cfg, run.reference.path, fabric, resume=resume, log=log,
+                    extra={"teacher_kind": "reference"}, force=force)
     metrics = {}
     if fabric.is_global_zero:
         metrics = teacher_report(data, teacher_targets(run, data, log)) | summary
@@ -197,7 +205,8 @@ def confidence_contexts(data: PreparedData, objective, reference_dir=None, oracl
     if "reference" in required:
         if reference_dir is None:
             raise UsageError(f"confidence {objective.cfg.confidence!r} needs --reference RUN: a teacher fitted "
-                             "without privileged features (teacher.use_privileged=false), e.g. compare's self teacher")
+                             "without privileged features (teacher.use_privileged=false), e.g. compare's self teacher; "
+                             "or fit the teacher with --set teacher.fit_reference=true")
         ref_run = RunFolder(reference_dir)
         if ref_run.config.teacher.use_privileged:
             raise UsageError(f"--reference {ref_run.path} was fitted with privileged features; the reference must "
@@ -269,6 +278,9 @@ def distill(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, teacher
         objective = objective_cls(cfg.distill, task_types, None, aux_weight=cfg.teacher.aux_weight)
     else:
         objective = objective_cls(cfg.distill, task_types, targets.temperatures if targets is not None else None)
+    if reference_dir is None and teacher_dir is not None and "reference" in getattr(objective, "context_needs", ()):
+        sibling = RunFolder(teacher_dir).reference  # fitted beside the teacher (teacher.fit_reference)
+        reference_dir = sibling.path if sibling.run_file.exists() else None
     with fabric.rank_zero_first():  # before seeding: building a reference's cache must not move the RNG
         contexts = confidence_contexts(data, objective, reference_dir, oracle,
                                        log if fabric.is_global_zero else (lambda _m: None), teacher_dir)
