@@ -71,7 +71,8 @@ def test_compare_writes_report_results_and_plots(tmp_path):
     results = json.loads((out / "results.json").read_text())
     arms = set(results["arms"])
     references = {"logreg_student", "logreg_privileged"}
-    assert {"baseline", "self_distill", "pfd", "cpfd", "teacher", "pfd_labelled", "cpfd_labelled", "cpfd_norm"} == arms - references
+    assert {"baseline", "self_distill", "pfd", "cpfd", "teacher", "pfd_labelled", "cpfd_labelled", "cpfd_norm",
+            "cpfd_scenario", "pfd_scenario_temp"} == arms - references  # the data has a group column
     assert references <= arms and results["arms"]["teacher"]["vs_reference"]["reference"] == "logreg_privileged"
     assert results["arms"]["baseline"]["vs_reference"]["reference"] == "logreg_student"
     assert len(results["arms"]["cpfd"]["mean_f1"]["values"]) == 2
@@ -88,7 +89,7 @@ def test_report_rebuilds_from_seeds_run_separately(tmp_path):
     out = tmp_path / "cmp"
     for seed in ("0", "1"):  # as two processes (or machines) would, into one folder
         result = runner.invoke(app, ["compare", str(ds), "--out", str(out), "--seeds", "1", "--epochs", "2",
-                                     "--set", f"train.seed={seed}", *FAST])
+                                     "--no-scenario", "--set", f"train.seed={seed}", *FAST])
         assert result.exit_code == 0, result.output
     assert json.loads((out / "results.json").read_text())["options"]["seeds"] == 1
     result = runner.invoke(app, ["report", str(out)])  # arms are described from their own saved configs
