@@ -105,7 +105,7 @@ def test_oracle_gate_values():
 
 def test_context_confidences_refuse_to_run_without_their_inputs():
     probs, labels, mask = torch.tensor([0.9]), torch.ones(1), torch.ones(1, dtype=torch.bool)
-    bare = TaskContext(split=np.array(["train"]))
+    bare = TaskContext(split=np.array(["train"]), groups=np.array(["a"]))
     for name in ("scenario_reliability", "reference_agreement", "oracle_gate", "fold_variance"):
         with pytest.raises(ValueError, match="needs"):
             CONFIDENCES.get(name)(probs, labels, mask, "binary", context=bare)

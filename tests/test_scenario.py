@@ -143,6 +143,17 @@ def test_fold_variance_distils_the_fold_mean_and_needs_fold_teachers(tmp_path):
 
 
 def test_a_reference_fitted_beside_the_teacher_is_found_without_flags(tmp_path):
+    # Without scenarios scenario_reliability is plain PFD and needs no reference: none is fitted or asked for.
+    flat = make_dataset(tmp_path / "flat", n=120, spec_overrides={"group": None})
+    assert runner.invoke(app, ["fit-teacher", str(flat), "--out", str(tmp_path / "t0"), "--epochs", "1",
+                               "--set", "teacher.fit_reference=true", *FAST]).exit_code == 0
+    assert not (tmp_path / "t0" / "reference").exists()
+    result = runner.invoke(app, ["distill", str(flat), "--teacher", str(tmp_path / "t0"), "--out",
+                                 str(tmp_path / "s0"), "--confidence", "scenario_reliability", "--epochs", "1", *FAST])
+    assert result.exit_code == 0, result.output
+    weights = json.loads((tmp_path / "s0" / "metrics.json").read_text())["weights"]
+    assert all(w["mean_weight"] == pytest.approx(1.0) and w["ess_fraction"] == pytest.approx(1.0)
+               for w in weights.values())
     ds = make_dataset(tmp_path / "ds", n=120)
     teacher = tmp_path / "teacher"
     result = runner.invoke(app, ["fit-teacher", str(ds), "--out", str(teacher), "--epochs", "1",

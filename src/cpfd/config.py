@@ -108,7 +108,8 @@ class TeacherConfig(_Strict):
     calibration_share: float = Field(0.5, ge=0.0, lt=1.0, description="share of validation rows held out from "
                                      "teacher selection to fit the temperature on (0: all of validation)")
     oof_folds: int = Field(0, ge=0, description="K>=2: cross-fitted (out-of-fold) teacher outputs on train rows")
-    fit_reference: bool = Field(False, description="also fit a no-privileged reference teacher into <run>/reference "
+    fit_reference: bool = Field(False, description="on data with a group column, also fit a no-privileged reference "
+                                "teacher into <run>/reference "
                                 "(scenario_reliability and reference_agreement read it when distill gets no "
                                 "--reference)")
 

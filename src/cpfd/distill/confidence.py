@@ -92,7 +92,8 @@ def scenario_reliability(probs: Tensor, labels: Tensor, label_mask: Tensor, task
     class, :math:`c_g = \min\bigl(1, \exp(\ell^{ref}_g - \ell^{t}_g)\bigr)`: 1 where the teacher is at least as
     good as the reference (its privileged features help or are neutral), the likelihood ratio where it is worse
     (stale or misleading privileged features). Scenarios with fewer than ``context.min_group_rows`` validation
-    rows, and datasets without a ``group`` column, use the same formula over all validation rows. The weights are
+    rows use the same formula over all validation rows; without a ``group`` column every weight is 1 (PFD) and no
+    reference is needed. The weights are
     then divided by their mean over train rows, so the average distillation strength stays λ
     (:math:`\lambda_g = \lambda\, c_g / \bar c`); unlike the other confidences, values can exceed 1.
     Weighting by scenario re-weights scenarios against each other and leaves the optimum inside each untouched.
@@ -100,6 +101,8 @@ def scenario_reliability(probs: Tensor, labels: Tensor, label_mask: Tensor, task
     Iliopoulos et al., *Weighted distillation with unlabeled examples*, NeurIPS 2022.
     """
     kind = as_task_type(task_type)
+    if context.groups is None:  # one scenario: a constant weight, which the normalisation makes 1 (= PFD)
+        return torch.ones(kind.true_class_prob(probs, labels).shape)
     if context.reference_probs is None:
         raise ValueError("scenario_reliability needs a no-privileged reference model (context.reference_probs)")
     gain = _columns((kind.true_class_prob(probs, labels).clamp_min(_EPS).log()
@@ -125,6 +128,7 @@ def scenario_reliability(probs: Tensor, labels: Tensor, label_mask: Tensor, task
 
 
 scenario_reliability.needs = ("reference",)
+scenario_reliability.reference_needs_groups = True  # without scenarios it is PFD and reads no reference
 scenario_reliability.mean_one_over_train = True  # a relative weight, not a probability
 
 

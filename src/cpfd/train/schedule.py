@@ -145,7 +145,7 @@ def fit_teacher(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, res
                                     model_takes_privileged=True)
             fit(fabric, fold_task, data, np.setdiff1d(labelled, held_out), cfg.train, run.fold(k), resume=resume,
                 desc=f"fold {k + 1}/{len(folds)}", select_within=select)
-    if cfg.teacher.fit_reference and cfg.teacher.use_privileged:
+    if cfg.teacher.fit_reference and cfg.teacher.use_privileged and data.groups is not None:
         r_cfg = cfg.model_copy(deep=True)
         r_cfg.teacher = r_cfg.teacher.model_copy(update={"use_privileged": False, "kind": "neural", "oof_folds": 0,
                                                          "fit_reference": False, "outputs_file": None})
@@ -200,7 +200,9 @@ def confidence_contexts(data: PreparedData, objective, reference_dir=None, oracl
     Hidden oracle labels go into it only when the confidence itself asks for them (the oracle control)."""
     if not getattr(objective, "takes_context", False):
         return None
-    required = objective.context_needs
+    required = set(objective.context_needs)
+    if data.groups is None and getattr(objective.confidence, "reference_needs_groups", False):
+        required.discard("reference")
     reference = None
     if "reference" in required:
         if reference_dir is None:
