@@ -52,3 +52,17 @@ def start_server(bundle: Path, *args: str, stderr=subprocess.DEVNULL) -> tuple[s
         except httpx.TransportError:
             time.sleep(0.1)
     return proc, base
+
+
+def run_cpfd(cmd: list[str], sets: list[str]) -> float:
+    """Run a ``cpfd`` command in-process with ``--set`` overrides, printing it first; returns the wall time."""
+    from cpfd.cli import app
+
+    cmd = [*cmd, *[arg for item in sets for arg in ("--set", item)]]
+    print(f"$ cpfd {' '.join(cmd)}", flush=True)
+    tic = time.perf_counter()
+    try:
+        app(cmd, standalone_mode=False)
+    finally:
+        print(f"wall time {time.perf_counter() - tic:.0f} s", flush=True)
+    return time.perf_counter() - tic

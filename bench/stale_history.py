@@ -27,14 +27,13 @@ import argparse
 import json
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import OUT, ensure_debian_package, write_dataset  # noqa: E402
+from common import OUT, ensure_debian_package, run_cpfd, write_dataset  # noqa: E402
 from fashion_mnist import CLASSES, ROOT, read_idx  # noqa: E402
 
 # A stale listing shows another product: shirts show a sneaker, pullovers a bag. (Swapping within confusable
@@ -120,18 +119,13 @@ def build(design: str, root: Path, seed: int = 0, n_history: int = 6000, n_label
 
 def history_teacher(history: Path, current: dict[str, Path], out: Path, sets: list[str]) -> dict[str, Path]:
     """Fit the teacher on history once; write its logits on each current dataset (teacher.kind=file input)."""
-    from cpfd.cli import app
     from cpfd.data.prepared import load_dataset
     from cpfd.runs import RunFolder
     from cpfd.train.teacher_outputs import raw_outputs
 
     run = out / "history_teacher"
     if not (run / "metrics.json").exists():
-        cmd = ["fit-teacher", str(history), "--out", str(run), "--force"]
-        for item in sets:
-            cmd += ["--set", item]
-        print(f"$ cpfd {' '.join(cmd)}", flush=True)
-        app(cmd, standalone_mode=False)
+        run_cpfd(["fit-teacher", str(history), "--out", str(run), "--force"], sets)
     files = {}
     for name, folder in current.items():
         data = load_dataset(folder)
@@ -152,23 +146,15 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=ROOT, help="folder with the four idx.gz files")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="config override for every run")
     args = parser.parse_args()
-    from cpfd.cli import app
-
     paths = build(args.design, args.data_dir)
     current = {k: paths[k] for k in ("drifted", "control") if args.only in (None, k)}
     logits = history_teacher(paths["history"], current, OUT / f"headroom_{args.design}", args.sets)
     summary = {}
     for name, folder in current.items():
         out = folder.parent / f"compare_{name}"
-        cmd = ["compare", str(folder), "--out", str(out), "--seeds", str(args.seeds), "--oracle-labels",
-               str(paths["oracle"]), "--set", "teacher.kind=file", "--set", f"teacher.outputs_file={logits[name]}",
-               *shlex.split(args.extra)]
-        for item in args.sets:
-            cmd += ["--set", item]
-        print(f"$ cpfd {' '.join(cmd)}", flush=True)
-        tic = time.perf_counter()
-        app(cmd, standalone_mode=False)
-        print(f"wall time {time.perf_counter() - tic:.0f} s", flush=True)
+        run_cpfd(["compare", str(folder), "--out", str(out), "--seeds", str(args.seeds), "--oracle-labels",
+                  str(paths["oracle"]), "--set", "teacher.kind=file", "--set", f"teacher.outputs_file={logits[name]}",
+                  *shlex.split(args.extra)], args.sets)
         results = json.loads((out / "results.json").read_text())
         summary[name] = {arm: {"mean_f1": e["mean_f1"]["mean"], "vs_pfd": e.get("vs_pfd"),
                                "worst_group_f1": e.get("worst_group_f1", {}).get("mean")}

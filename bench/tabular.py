@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ import pandas as pd
 from sklearn import datasets
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import OUT, write_dataset  # noqa: E402
+from common import OUT, run_cpfd, write_dataset  # noqa: E402
 
 
 def breast_cancer() -> Path:
@@ -78,17 +77,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--set", dest="sets", action="append", default=[], help="config override")
     args = parser.parse_args()
-    from cpfd.cli import app
-
     for name in args.only or list(BUILDERS):
         folder = BUILDERS[name]()
-        cmd = ["compare", str(folder), "--out", str(folder.parent / "compare"), "--seeds", str(args.seeds)]
-        for item in args.sets:
-            cmd += ["--set", item]
-        print(f"$ cpfd {' '.join(cmd)}", flush=True)
-        tic = time.perf_counter()
-        app(cmd, standalone_mode=False)
-        print(f"wall time {time.perf_counter() - tic:.0f} s", flush=True)
+        run_cpfd(["compare", str(folder), "--out", str(folder.parent / "compare"), "--seeds", str(args.seeds)], args.sets)
 
 
 if __name__ == "__main__":

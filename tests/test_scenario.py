@@ -58,7 +58,7 @@ def test_oracle_labels_reach_no_arm_but_the_oracle_gate(tmp_path):
     assert pfd_oracle["rows_judged"] == pfd_plain["rows_judged"] + UNLABELLED
     assert pfd_plain["kd_mass_teacher_wrong"] == pytest.approx(pfd_plain["teacher_error_rate"])
     report = (tmp_path / "oracle" / "report.md").read_text()
-    assert "**Oracle gate vs PFD**" in report and "KD mass on teacher-wrong rows" in report
+    assert "**Oracle gate vs PFD:**" in report and "KD mass on teacher-wrong rows" in report
 
 
 def test_oracle_labels_file_is_checked_against_the_dataset(tmp_path):

@@ -62,23 +62,26 @@ def _gap_note(results: dict) -> str:
             "paired s.e.).")
 
 
+def _verdict_line(title: str, diff: dict, words: dict[str, str], note: str = "") -> str:
+    return (f"**{title}:**{note} mean F1 difference {diff['mean']:+.4f} ± {diff['se']:.4f} (paired s.e., "
+            f"{diff['n']} seeds) — {words[diff['verdict']]}.")
+
+
 def verdict_lines(results: dict) -> list[str]:
     """The report's sentences: each backed by a paired difference and its standard error."""
     lines = []
     cpfd = results["arms"].get("cpfd", {}).get("vs_pfd")
     if cpfd:
-        word = {"better": "CPFD beats PFD on this dataset", "worse": "CPFD is worse than PFD on this dataset",
-                "no difference": "no difference between CPFD and PFD on this dataset (within 2 paired s.e.)",
-                "not enough seeds": "not enough seeds to compare CPFD with PFD (needs ≥ 3)"}[cpfd["verdict"]]
-        lines.append(f"**CPFD vs PFD:** mean F1 difference {cpfd['mean']:+.4f} ± {cpfd['se']:.4f} (paired s.e., "
-                     f"{cpfd['n']} seeds) — {word}.")
+        lines.append(_verdict_line("CPFD vs PFD", cpfd, {
+            "better": "CPFD beats PFD on this dataset", "worse": "CPFD is worse than PFD on this dataset",
+            "no difference": "no difference between CPFD and PFD on this dataset (within 2 paired s.e.)",
+            "not enough seeds": "not enough seeds to compare CPFD with PFD (needs ≥ 3)"}))
     oracle = results["arms"].get("oracle_gate", {}).get("vs_pfd")
     if oracle:
-        word = {"better": "the data has headroom for weighting", "worse": "dropping the teacher's mistakes hurts here",
-                "no difference": "no weighting can beat PFD here by more than the noise",
-                "not enough seeds": "not enough seeds to tell"}[oracle["verdict"]]
-        lines.append(f"**Oracle gate vs PFD** (ceiling of any weighting, uses hidden labels): "
-                     f"{oracle['mean']:+.4f} ± {oracle['se']:.4f} (paired s.e.) — {word}.")
+        lines.append(_verdict_line("Oracle gate vs PFD", oracle, {
+            "better": "the data has headroom for weighting", "worse": "dropping the teacher's mistakes hurts here",
+            "no difference": "no weighting can beat PFD here by more than the noise",
+            "not enough seeds": "not enough seeds to tell"}, note=" (ceiling of any weighting, uses hidden labels)"))
         recovered = {a: e["oracle_margin_recovered"] for a, e in results["arms"].items()
                      if e.get("oracle_margin_recovered") is not None}
         if recovered:
