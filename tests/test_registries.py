@@ -125,3 +125,12 @@ def test_every_encoder_builds_offline_or_asks_for_a_local_path(name):
         assert isinstance(encoder, TextEncoder)
         tokens, mask, pooled = encoder(["a title", ""])
         assert tokens.shape[0] == 2 and tokens.shape[-1] == encoder.dim and pooled.shape == (2, encoder.dim)
+
+
+@pytest.mark.parametrize("kind", TASK_TYPES.names())
+def test_every_task_type_inverts_its_probabilities(kind):
+    tt = task_type(kind)
+    logits, labels, _ = _case(kind)
+    back = tt.probs(tt.logits_from_probs(tt.probs(logits), logits))
+    assert torch.allclose(back, tt.probs(logits), atol=1e-5)
+    assert tt.label_probs(labels, tt.probs(logits)).shape == tt.probs(logits).shape

@@ -94,6 +94,14 @@ class TaskType:
     def hard_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def logits_from_probs(self, probs: Tensor, like: Tensor, eps: float = 1e-6) -> Tensor:
+        """The inverse of :meth:`probs` at temperature 1, shaped like the logits ``like`` (for built targets)."""
+        raise NotImplementedError
+
+    def label_probs(self, labels: Tensor, like: Tensor) -> Tensor:
+        """Labels as a probability tensor shaped like ``like`` (one-hot for multiclass)."""
+        raise NotImplementedError
+
     def kd_loss(self, student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
         raise NotImplementedError
 
@@ -148,6 +156,13 @@ class Bernoulli(TaskType):
 
     def probs(self, logits, temperature=1.0):
         return torch.sigmoid(self._shape(logits / temperature))
+
+    def logits_from_probs(self, probs, like, eps=1e-6):
+        q = probs.clamp(eps, 1 - eps)
+        return (q.log() - (1 - q).log()).reshape(like.shape)
+
+    def label_probs(self, labels, like):
+        return labels.to(like.dtype).reshape(like.shape)
 
     def hard_loss(self, logits, labels):
         return F.binary_cross_entropy_with_logits(self._shape(logits), labels.float(), reduction="none")
@@ -238,6 +253,12 @@ class Multiclass(TaskType):
 
     def probs(self, logits, temperature=1.0):
         return torch.softmax(logits / temperature, dim=-1)
+
+    def logits_from_probs(self, probs, like, eps=1e-6):
+        return probs.clamp(eps, 1 - eps).log().reshape(like.shape)
+
+    def label_probs(self, labels, like):
+        return F.one_hot(labels.clamp(min=0).long(), like.shape[-1]).to(like.dtype)
 
     def hard_loss(self, logits, labels):
         return F.cross_entropy(logits, labels.clamp(min=0).long(), reduction="none")

@@ -247,14 +247,10 @@ class CCKDTargetLoss(PFDLoss):
         y, labelled = batch["labels"][task], batch["label_mask"][task].bool()
         c = kind.true_class_prob(task_probs(teacher_logits.detach(), kind, self.calibration.get(task, 1.0)), y)
         p = task_probs(teacher_logits.detach(), kind)  # the target PFD distils (temperature 1), corrected
-        if kind.name == "multiclass":
-            onehot = F.one_hot(y.clamp(min=0).long(), p.shape[-1]).to(p.dtype)
-            corrected = (c.unsqueeze(-1) * p + (1 - c.unsqueeze(-1)) * onehot).clamp_min(1e-8).log()
-            keep = labelled.unsqueeze(-1)
-        else:
-            q = (c * p + (1 - c) * y.to(p.dtype)).clamp(1e-6, 1 - 1e-6)
-            corrected = (q.log() - (1 - q).log()).reshape(teacher_logits.shape)
-            keep = kind.element_mask(labelled, q).reshape(teacher_logits.shape)
+        c = c.reshape(c.shape + (1,) * (p.dim() - c.dim()))
+        corrected = kind.logits_from_probs(c * p + (1 - c) * kind.label_probs(y, p), teacher_logits)
+        keep = kind.element_mask(labelled, kind.true_class_prob(p, y))
+        keep = keep.reshape(keep.shape + (1,) * (teacher_logits.dim() - keep.dim()))
         return torch.where(keep, corrected, teacher_logits.detach())
 
 

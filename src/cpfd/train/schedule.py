@@ -187,9 +187,8 @@ def fold_mean_targets(data: PreparedData, targets: TeacherTargets, contexts: dic
     """The fold teachers' mean probability as the distillation target (with ``fold_variance``), as logits."""
     logits = {}
     for task in data.tasks:
-        mean = contexts[task.name].fold_probs.mean(0).clamp(1e-6, 1 - 1e-6)
-        z = mean.log() if task.kind.name == "multiclass" else (mean.log() - (1 - mean).log())
-        logits[task.name] = z.reshape(targets.logits[task.name].shape)
+        logits[task.name] = task.kind.logits_from_probs(contexts[task.name].fold_probs.mean(0),
+                                                        targets.logits[task.name])
     return TeacherTargets(logits, targets.embedding, {t: 1.0 for t in targets.temperatures},
                           {**targets.calibration, "target": "fold mean"})
 
