@@ -55,7 +55,9 @@ class ExtractConfig(BaseModel):
     shard_size: int = Field(64, ge=1, description="rows per cache shard")
     ocr: bool = Field(False, description="add on-screen text read by OCR from the middle frame (make install-ocr)")
     ocr_size: int = Field(320, ge=64, description="frame size for OCR (text needs more pixels than the encoder)")
-    cache_dir: str | None = Field(None, description="default: <dataset>/.cpfd_cache")
+    cache_dir: str | None = Field(None, description="default: <dataset>/.cpfd_cache (embeddings and the dataset store)")
+    store_float16: bool = Field(False, description="keep frame and text embeddings as float16 in the dataset store: "
+                                "half the disk and page cache; batches are float32 again")
     end_to_end: bool = Field(False, description="keep decoded frames and token ids and fine-tune the encoders with "
                              "the model (for a GPU); default: frozen encoders and cached embeddings")
     device: str = "cpu"

@@ -4,11 +4,17 @@ Everything here runs before any compute; every failure is collected and raised a
 that names file, row(s) and column. What the student may see (``student_inputs``) and what only the teacher may
 see (``privileged``) are kept in separate fields from here on. Raw inputs become student inputs through
 :mod:`cpfd.data.preprocess`, the path serving uses too.
+
+The table is streamed a chunk at a time (:func:`cpfd.data.table.iter_table`) and every validated array is written
+to the on-disk store (:mod:`cpfd.data.store`); the returned :class:`PreparedData` memory-maps it. Memory therefore
+follows the chunk size, not the table: what stays in RAM per row is a few bytes (split code, id hash, source row)
+plus, for video and text datasets, the paths and texts handed to the encoders.
 """
 
 from __future__ import annotations
 
 import hashlib
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +23,7 @@ import pandas as pd
 import torch
 
 from cpfd.config import ExtractConfig
+from cpfd.data import store
 from cpfd.data.contract import SPLITS, DatasetError, DatasetSpec, Problem, load_spec
 from cpfd.data.embeddings import MediaRow, check_decodable, decode_frames, default_cache, extract_frames, extract_ocr, extract_text
 from cpfd.data.preprocess import (
@@ -31,11 +38,13 @@ from cpfd.data.preprocess import (
     with_ocr,
     TEXT_SEPARATOR,
 )
-from cpfd.data.table import SOURCE_FILE, SOURCE_ROW, expand_columns, read_table, seeded_split
+from cpfd.data.table import SOURCE_FILE, SOURCE_ROW, expand_columns, iter_table, seeded_split, table_columns, table_files
 from cpfd.io import file_sha256
-from cpfd.task_types import TaskType, class_name, is_missing, task_type
+from cpfd.task_types import TaskType, class_name, is_missing, natural_order, task_type
 
 __all__ = ["PreparedData", "TaskInfo", "SkippedRow", "load_dataset"]
+
+SPLIT_CODES = {name: k for k, name in enumerate(SPLITS)}
 
 
 @dataclass
@@ -56,7 +65,10 @@ class TaskInfo:
 
 @dataclass
 class PreparedData:
-    """A validated dataset as tensors; row order is the table's order."""
+    """A validated dataset as tensors; row order is the table's order.
+
+    Loaded through :func:`load_dataset`, every array is a memory-mapped view of the on-disk store (``store``):
+    indexing a batch of rows reads only those rows."""
 
     name: str
     root: Path
@@ -72,10 +84,11 @@ class PreparedData:
     labels: dict[str, torch.Tensor]
     label_mask: dict[str, torch.Tensor]
     fingerprint: str
-    source: pd.DataFrame = field(repr=False)
     skipped: list[SkippedRow] = field(default_factory=list)
     extraction: dict = field(default_factory=dict)  # what extraction did, e.g. how many texts were truncated
     inputs_spec: dict = field(default_factory=dict)  # the dataset's student-input declaration (for serving)
+    store: Path | None = None
+    mapped: list[np.ndarray] = field(default_factory=list, repr=False)  # the memory maps behind the tensors
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -93,18 +106,6 @@ class PreparedData:
             keep &= self.labelled_any
         return np.flatnonzero(keep)
 
-    def subset(self, keep: np.ndarray) -> "PreparedData":
-        """The rows where ``keep`` is true, in order (used to drop rows skipped under the bad-media policy)."""
-        idx = torch.from_numpy(np.flatnonzero(keep))
-        return PreparedData(
-            name=self.name, root=self.root, ids=self.ids[keep], id_column=self.id_column, split=self.split[keep],
-            groups=self.groups[keep] if self.groups is not None else None, tasks=self.tasks,
-            student_inputs={k: v[idx] for k, v in self.student_inputs.items()}, feature_names=self.feature_names,
-            privileged=self.privileged[idx], privileged_names=self.privileged_names,
-            labels={k: v[idx] for k, v in self.labels.items()}, label_mask={k: v[idx] for k, v in self.label_mask.items()},
-            fingerprint=self.fingerprint, source=self.source.iloc[np.flatnonzero(keep)].reset_index(drop=True),
-            skipped=list(self.skipped), extraction=dict(self.extraction), inputs_spec=self.inputs_spec)
-
     def task(self, name: str) -> TaskInfo:
         return next(t for t in self.tasks if t.name == name)
 
@@ -118,12 +119,18 @@ class PreparedData:
         val = self.split == "val"
         return val & (self.id_fraction() < share) if share > 0 else val
 
+    def release_pages(self) -> None:
+        """Let the kernel drop the store pages read so far (a long pass over a big table stays small in RAM)."""
+        store.release_pages(self.mapped)
+
 
 class _Collector:
-    def __init__(self, df: pd.DataFrame, id_column: str | None):
+    """Problems of one chunk of the table, located by the chunk's file and row columns."""
+
+    def __init__(self, df: pd.DataFrame, id_column: str | None, problems: "_Problems"):
         self.df = df
         self.id_column = id_column
-        self.problems: list[Problem] = []
+        self.problems = problems
 
     def rows(self, mask: np.ndarray, column: str | None, message: str) -> None:
         """Record a problem for the rows in ``mask``, one entry per source file."""
@@ -133,27 +140,38 @@ class _Collector:
         sub = self.df.iloc[idx]
         for file, part in sub.groupby(SOURCE_FILE, sort=False):
             ids = [str(v) for v in part[self.id_column]] if self.id_column in part else []
-            self.problems.append(Problem(str(file), message, column, part[SOURCE_ROW].astype(int).tolist(), ids))
+            self.problems.add(Problem(str(file), message, column, part[SOURCE_ROW].astype(int).tolist(), ids))
 
     def issues(self, issues: list[Issue]) -> None:
         for issue in issues:
             self.rows(issue.mask, issue.column, issue.message)
 
-    def file(self, file: str, message: str, column: str | None = None) -> None:
-        self.problems.append(Problem(file, message, column))
-
     def locate(self, index: int) -> tuple[str, int, str]:
-        """(file, 1-based row, id) of table row ``index``."""
+        """(file, 1-based row, id) of chunk row ``index``."""
         row_id = str(self.df[self.id_column].iat[index]) if self.id_column in self.df else ""
         return str(self.df[SOURCE_FILE].iat[index]), int(self.df[SOURCE_ROW].iat[index]), row_id
 
 
-def _fingerprint(spec_path: Path, df: pd.DataFrame, split: np.ndarray) -> str:
-    h = hashlib.sha256(spec_path.read_bytes())
-    for file in sorted(df[SOURCE_FILE].unique()):
-        h.update(file_sha256(file).encode())
-    h.update("\n".join(split.tolist()).encode())
-    return h.hexdigest()
+class _Problems:
+    """Every problem found while streaming; one entry per (file, message, column), rows merged across chunks."""
+
+    def __init__(self):
+        self.found: dict[tuple, Problem] = {}
+
+    def add(self, problem: Problem) -> None:
+        key = (problem.file, problem.message, problem.column)
+        if key in self.found and problem.rows:
+            self.found[key].rows += problem.rows
+            self.found[key].ids += problem.ids
+        else:
+            self.found.setdefault(key, problem)
+
+    def file(self, file: str, message: str, column: str | None = None) -> None:
+        self.add(Problem(file, message, column))
+
+    def raise_any(self) -> None:
+        if self.found:
+            raise DatasetError(list(self.found.values()))
 
 
 def _text_values(df: pd.DataFrame, columns: list[str], out: _Collector) -> list[str]:
@@ -166,26 +184,95 @@ def _text_values(df: pd.DataFrame, columns: list[str], out: _Collector) -> list[
     return [TEXT_SEPARATOR.join(p for p in parts if p) for parts in zip(*fields)]
 
 
+def _store_key(spec_path: Path, file_hashes: dict[str, str], spec: DatasetSpec, seed: int, on_bad_video: str,
+               extract: ExtractConfig | None, decode_check: ExtractConfig | None) -> str:
+    h = hashlib.sha256(f"store v{store.STORE_VERSION}\n".encode())
+    h.update(spec_path.read_bytes())
+    for file, digest in file_hashes.items():
+        h.update(f"{file}\0{digest}\n".encode())
+    h.update(f"seed={seed if spec.split is None else '-'} media={on_bad_video}\n".encode())
+    h.update(f"extract={extract.model_dump_json() if extract else '-'}\n".encode())
+    h.update(f"decode={decode_check.model_dump_json() if decode_check else '-'}\n".encode())
+    return h.hexdigest()[:32]
+
+
 def load_dataset(folder: str | Path, seed: int = 0, on_bad_video: str = "fail", extract: ExtractConfig | None = None,
                  log=print, decode_check: ExtractConfig | None = None) -> PreparedData:
     """Validate ``folder`` against the contract and return its tensors (raises :class:`DatasetError`).
 
     Video, frames and text inputs become embeddings through ``extract`` (frozen encoders + cache); without it
     (``cpfd validate``) only the cheap checks run and those inputs are left out of ``student_inputs``, unless
-    ``decode_check`` asks for every clip to be decoded once (``cpfd validate --decode``).
+    ``decode_check`` asks for every clip to be decoded once (``cpfd validate --decode``). The result is stored on
+    disk under the extraction cache; a later call on unchanged data and settings opens it without re-validating.
     """
     spec, root = load_spec(folder)
     spec_path = root / "dataset.yaml"
-    df = read_table(root, spec.table, spec.allow_outside)
-    yaml_file = str(spec_path)
-    if not len(df):
-        raise DatasetError([Problem(yaml_file, f"the table {spec.table!r} has no rows")])
-    out = _Collector(df, spec.id if spec.id in df.columns else None)
-    columns = list(df.columns)
+    paths = table_files(root, spec.table, spec.allow_outside)
+    encodes = extract is not None and bool(spec.inputs.video or spec.inputs.frames or spec.inputs.text)
+    checks_media = decode_check is not None and not encodes and bool(spec.inputs.video or spec.inputs.frames)
+    file_hashes = {str(p): file_sha256(p) for p in paths}
+    key = _store_key(spec_path, file_hashes, spec, seed, on_bad_video, extract if encodes else None,
+                     decode_check if checks_media else None)
+    cache = default_cache(root, extract or decode_check or ExtractConfig())
+    found = store.find(cache, key)
+    if found is not None:
+        data = _open(*found)
+        for row in data.skipped:
+            log(f"skipped {row.file} row {row.row} [{row.id}] column {row.column!r}: {row.reason}")
+        return data
+    building = store.begin(cache)
+    try:
+        meta, media, texts = _build(spec, root, paths, building, seed, on_bad_video, log)
+        meta["fingerprint"] = _fingerprint(spec_path, file_hashes, building)
+        data = _open(building, meta)
+        if encodes:
+            meta = _attach_embeddings(data, meta, spec, media, texts, extract, on_bad_video, log)
+        elif checks_media:
+            rows = [MediaRow(i, data.ids[i], root / v, meta["media_kind"]) for i, v in enumerate(media)]
+            bad = check_decodable(rows, decode_check)
+            meta = _drop_bad_media(data, meta, bad, on_bad_video, log)
+        del data
+        final = store.commit(building, key, meta)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    return _open(final, store.find(cache, key)[1])
+
+
+def _fingerprint(spec_path: Path, file_hashes: dict[str, str], folder: Path) -> str:
+    h = hashlib.sha256(spec_path.read_bytes())
+    for file in sorted(file_hashes):
+        h.update(file_hashes[file].encode())
+    split = store.open_array(folder, "split")
+    for start in range(0, len(split), store.COPY_ROWS):
+        block = "\n".join(split[start : start + store.COPY_ROWS].tolist())
+        h.update((block if start == 0 else "\n" + block).encode())
+    return h.hexdigest()
+
+
+def _infer_classes(spec: DatasetSpec, paths: list[Path]) -> dict[str, list[str]]:
+    """Classes of the tasks that do not declare them: the union over the whole table, in natural order."""
+    todo = [t for t in spec.tasks if not t.classes]
+    if not todo:
+        return {}
+    found: dict[str, set[str]] = {t.name: set() for t in todo}
+    for df in iter_table(paths, columns=sorted({t.column for t in todo})):
+        for t in todo:
+            if t.column in df:
+                found[t.name].update(task_type(t.type).parse_labels(df[t.column].tolist(), None)[2])
+    return {name: sorted(values, key=natural_order) for name, values in found.items()}
+
+
+def _build(spec: DatasetSpec, root: Path, paths: list[Path], folder: Path, seed: int, on_bad_video: str, log
+           ) -> tuple[dict, list[str] | None, list[str] | None]:
+    """Stream and check the table, writing every array into ``folder``; returns (meta, media values, texts)."""
+    yaml_file = str(root / "dataset.yaml")
+    problems = _Problems()
+    columns = table_columns(paths)
 
     def require(column: str | None, role: str) -> None:
         if column is not None and column not in columns:
-            out.file(yaml_file, f"{role} column {column!r} is not in the table", column)
+            problems.file(yaml_file, f"{role} column {column!r} is not in the table", column)
 
     require(spec.id, "id")
     require(spec.split, "split")
@@ -198,139 +285,246 @@ def load_dataset(folder: str | Path, seed: int = 0, on_bad_video: str = "fail", 
         require(task.column, f"task {task.name!r} label")
     feature_cols, unmatched = expand_columns(spec.inputs.features or [], columns)
     for pattern in unmatched:
-        out.file(yaml_file, f"inputs.features glob {pattern!r} matches no column", pattern)
+        problems.file(yaml_file, f"inputs.features glob {pattern!r} matches no column", pattern)
     privileged_cols, unmatched = expand_columns(spec.privileged, columns)
     for pattern in unmatched:
-        out.file(yaml_file, f"privileged glob {pattern!r} matches no column", pattern)
-    if out.problems:
-        raise DatasetError(out.problems)
+        problems.file(yaml_file, f"privileged glob {pattern!r} matches no column", pattern)
+    problems.raise_any()
 
     student_cols = set(feature_cols) | set(spec.inputs.text or []) | {spec.inputs.video, spec.inputs.frames} - {None}
     for col in sorted(student_cols & set(privileged_cols)):
-        out.file(yaml_file, "leakage: column is both a student input and privileged", col)
+        problems.file(yaml_file, "leakage: column is both a student input and privileged", col)
     for task in spec.tasks:
         if task.column in student_cols:
-            out.file(yaml_file, f"leakage: label of task {task.name!r} is used as a student input", task.column)
+            problems.file(yaml_file, f"leakage: label of task {task.name!r} is used as a student input", task.column)
         if task.column in privileged_cols:
-            out.file(yaml_file, f"leakage: label of task {task.name!r} is used as a privileged feature", task.column)
+            problems.file(yaml_file, f"leakage: label of task {task.name!r} is used as a privileged feature", task.column)
         if task.column == spec.id:
-            out.file(yaml_file, f"task {task.name!r} uses the id column as its label", task.column)
-    if out.problems:
-        raise DatasetError(out.problems)
+            problems.file(yaml_file, f"task {task.name!r} uses the id column as its label", task.column)
+    problems.raise_any()
 
+    classes = {t.name: list(t.classes) if t.classes else None for t in spec.tasks} | _infer_classes(spec, paths)
+    media_column = spec.inputs.video or spec.inputs.frames
+    media_kind = "video" if spec.inputs.video else "frames"
+    writers: dict[str, store.ArrayWriter] = {}
+
+    def write(name: str, values: np.ndarray) -> None:
+        writers.setdefault(name, store.ArrayWriter(folder, name)).append(values)
+
+    files: dict[str, int] = {}
+    id_hash, split_codes, labelled_parts, train_values = [], [], [], {t.name: [] for t in spec.tasks}
+    media: list[str] | None = [] if media_column else None
+    texts: list[str] | None = [] if spec.inputs.text else None
+    feature_names: list[str] = []
+    feature_length: int | None = None
     skipped: list[SkippedRow] = []
-    for column, kind in ((spec.inputs.video, "video"), (spec.inputs.frames, "frames")):
-        if column is None:
+    n_table = 0
+    for df in iter_table(paths):
+        n_table += len(df)
+        out = _Collector(df, spec.id, problems)
+        if media_column:
+            bad = {i: reason for i, value in enumerate(df[media_column].tolist())
+                   if (reason := media_problem(root, value, media_kind, spec.allow_outside)) is not None}
+            skipped += apply_media_policy(bad, on_bad_video, media_column, out.locate, log=log)
+            if bad:
+                df = df.drop(index=df.index[sorted(bad)]).reset_index(drop=True)
+                out = _Collector(df, spec.id, problems)
+            media += [str(v) for v in df[media_column].tolist()]
+        if not len(df):
             continue
-        bad = {i: reason for i, value in enumerate(df[column].tolist())
-               if (reason := media_problem(root, value, kind, spec.allow_outside)) is not None}
-        skipped += apply_media_policy(bad, on_bad_video, column, out.locate, log=log)
-        if bad:
-            df = df.drop(index=df.index[sorted(bad)]).reset_index(drop=True)
-            out.df = df
+        file_codes = df[SOURCE_FILE].map(lambda f: files.setdefault(f, len(files))).to_numpy(dtype=np.int32)
+        write("source_file", file_codes)
+        write("source_row", df[SOURCE_ROW].to_numpy(dtype=np.int64))
 
-    if skipped and not len(df):
+        ids_raw = df[spec.id]
+        empty_id = ids_raw.map(is_missing).to_numpy(dtype=bool)
+        out.rows(empty_id, spec.id, "empty id")
+        ids = ids_raw.map(lambda v: "" if is_missing(v) else class_name(v)).to_numpy(dtype=object)
+        write("ids", ids)
+        id_hash.append(np.where(empty_id, 0, pd.util.hash_array(ids)).astype(np.uint64))
+
+        if feature_cols:
+            block, names, issues = feature_block(df, feature_cols, feature_length)
+            out.issues(issues)
+            if block is not None:
+                feature_names = feature_names or names
+                feature_length = feature_length or (block.shape[1] if len(feature_cols) == 1 and names != feature_cols else None)
+                write("student.features", block)
+        privileged, issues = numeric_block(df, privileged_cols, allow_nan=True, what="a privileged feature")
+        out.issues(issues)
+        write("privileged", privileged)
+        if texts is not None:
+            texts += _text_values(df, spec.inputs.text, out)
+
+        labelled = np.zeros(len(df), dtype=bool)
+        masks = {}
+        for spec_task in spec.tasks:
+            kind = task_type(spec_task.type)
+            y, mask, task_classes, bad = kind.parse_labels(df[spec_task.column].tolist(), classes[spec_task.name])
+            out.rows(bad, spec_task.column, f"task {spec_task.name!r}: {kind.invalid_label_message(task_classes)}")
+            classes[spec_task.name] = task_classes
+            write(f"label.{spec_task.name}", y)
+            write(f"mask.{spec_task.name}", mask)
+            masks[spec_task.name] = (y, mask)
+            labelled |= mask
+        labelled_parts.append(labelled)
+
+        if spec.split:
+            split_raw = df[spec.split].map(lambda v: "" if is_missing(v) else str(v).strip().lower()).to_numpy(dtype=object)
+            out.rows(~np.isin(split_raw, SPLITS), spec.split, "split value must be train, val or test")
+            codes = np.array([SPLIT_CODES.get(v, 255) for v in split_raw], dtype=np.uint8)
+            split_codes.append(codes)
+            out.rows(~labelled & (split_raw != "train"), spec.split, "a row with no label must be in the train split")
+            for name, (y, mask) in masks.items():
+                _remember_values(train_values[name], y[mask & (codes == SPLIT_CODES["train"])])
+        no_priv = np.all(np.isnan(privileged), axis=1) if privileged_cols else np.ones(len(df), dtype=bool)
+        out.rows(~labelled & no_priv, None, "a row with no label must have privileged features (it is only distilled)")
+        if spec.group:
+            write("groups", df[spec.group].map(lambda v: "(none)" if is_missing(v) else str(v)).to_numpy(dtype=object))
+
+    if not n_table:
+        raise DatasetError([Problem(yaml_file, f"the table {spec.table!r} has no rows")])
+    if skipped and not writers:
         raise DatasetError([Problem(yaml_file, f"every row was skipped ({len(skipped)} rows with bad media); "
                                                "nothing is left to train on")])
-    ids_raw = df[spec.id]
-    empty_id = ids_raw.map(is_missing).to_numpy(dtype=bool)
-    out.rows(empty_id, spec.id, "empty id")
-    ids = ids_raw.map(lambda v: "" if is_missing(v) else class_name(v)).to_numpy(dtype=object)
-    dup = pd.Series(ids).duplicated(keep=False).to_numpy() & ~empty_id
-    out.rows(dup, spec.id, "duplicate id")
+    for name in ("source_file", "source_row", "ids"):
+        writers.pop(name).finish()
+    _check_duplicate_ids(np.concatenate(id_hash), folder, files, spec.id, problems)
 
-    student_inputs: dict[str, torch.Tensor] = {}
-    feature_names: list[str] = []
-    if feature_cols:
-        block, feature_names, issues = feature_block(df, feature_cols)
-        out.issues(issues)
-        if block is not None:
-            student_inputs["features"] = torch.from_numpy(block)
-    privileged, issues = numeric_block(df, privileged_cols, allow_nan=True, what="a privileged feature")
-    out.issues(issues)
-    texts = _text_values(df, spec.inputs.text, out) if spec.inputs.text else None
-
-    tasks: list[TaskInfo] = []
-    labels: dict[str, torch.Tensor] = {}
-    label_mask: dict[str, torch.Tensor] = {}
-    for spec_task in spec.tasks:
-        kind = task_type(spec_task.type)
-        y, mask, classes, bad = kind.parse_labels(df[spec_task.column].tolist(), spec_task.classes)
-        out.rows(bad, spec_task.column, f"task {spec_task.name!r}: {kind.invalid_label_message(classes)}")
-        tasks.append(TaskInfo(spec_task.name, spec_task.type, spec_task.column, classes))
-        labels[spec_task.name] = torch.from_numpy(y)
-        label_mask[spec_task.name] = torch.from_numpy(mask)
-    labelled = np.zeros(len(df), dtype=bool)
-    for m in label_mask.values():
-        labelled |= m.numpy()
-
+    labelled = np.concatenate(labelled_parts)
     if spec.split:
-        split_raw = df[spec.split].map(lambda v: "" if is_missing(v) else str(v).strip().lower()).to_numpy(dtype=object)
-        out.rows(~np.isin(split_raw, SPLITS), spec.split, "split value must be train, val or test")
-        split = split_raw
+        split = np.asarray(SPLITS, dtype=object)[np.minimum(np.concatenate(split_codes), len(SPLITS) - 1)]
     else:
-        split = seeded_split(len(df), labelled, seed)
-
-    no_priv = np.all(np.isnan(privileged), axis=1) if privileged_cols else np.ones(len(df), dtype=bool)
-    out.rows(~labelled & (split != "train"), spec.split, "a row with no label must be in the train split")
-    out.rows(~labelled & no_priv, None, "a row with no label must have privileged features (it is only distilled)")
-
+        split = seeded_split(len(labelled), labelled, seed)
+        for spec_task in spec.tasks:
+            _train_values_from_parts(writers, spec_task.name, split, train_values[spec_task.name])
     for name in SPLITS:
         if not np.any((split == name) & labelled):
-            out.file(yaml_file, f"split {name!r} has no labelled rows", spec.split)
-    for task in tasks:
-        train_y = labels[task.name][torch.from_numpy((split == "train") & label_mask[task.name].numpy())]
-        if not task.kind.varies(train_y):
-            out.file(yaml_file, f"task {task.name!r}{task.kind.single_class_message}", task.column)
+            problems.file(yaml_file, f"split {name!r} has no labelled rows", spec.split)
+    for spec_task in spec.tasks:
+        kind = task_type(spec_task.type)
+        values = train_values[spec_task.name]
+        train_y = torch.from_numpy(np.concatenate(values)) if values else torch.zeros(0)
+        if not kind.varies(train_y):
+            problems.file(yaml_file, f"task {spec_task.name!r}{kind.single_class_message}", spec_task.column)
+    problems.raise_any()
 
-    if out.problems:
-        raise DatasetError(out.problems)
-
-    groups = df[spec.group].map(lambda v: "(none)" if is_missing(v) else str(v)).to_numpy(dtype=object) if spec.group else None
-    data = PreparedData(
-        name=spec.name,
-        root=root,
-        ids=ids,
-        id_column=spec.id,
-        split=split.astype(object),
-        groups=groups,
-        tasks=tasks,
-        student_inputs=student_inputs,
-        feature_names=feature_names,
-        privileged=torch.from_numpy(privileged),
-        privileged_names=privileged_cols,
-        labels=labels,
-        label_mask=label_mask,
-        fingerprint=_fingerprint(spec_path, df, split),
-        source=df,
-        skipped=skipped,
-        inputs_spec={**spec.inputs.model_dump(), "features": feature_cols},
-    )
-    if extract is not None and (spec.inputs.video or spec.inputs.frames or spec.inputs.text):
-        data = _attach_embeddings(data, spec, texts, extract, on_bad_video, log)
-    elif decode_check is not None and (spec.inputs.video or spec.inputs.frames):
-        column = spec.inputs.video or spec.inputs.frames
-        kind = "video" if spec.inputs.video else "frames"
-        rows = [MediaRow(i, data.ids[i], root / str(v), kind) for i, v in enumerate(df[column].tolist())]
-        bad = check_decodable(rows, decode_check)
-        data.skipped += apply_media_policy(bad, on_bad_video, column, _Collector(df, spec.id).locate, log)
-        if bad:
-            keep = np.ones(len(data), dtype=bool)
-            keep[list(bad)] = False
-            data = data.subset(keep)
-    return data
+    store.write_array(folder, "split", split.astype(str))
+    for writer in writers.values():
+        writer.finish()
+    meta = {
+        "name": spec.name, "root": str(root), "id_column": spec.id, "files": list(files),
+        "tasks": [{"name": t.name, "type": t.type, "column": t.column, "classes": classes[t.name]} for t in spec.tasks],
+        "student_inputs": ["features"] if "student.features" in {w.name for w in writers.values()} else [],
+        "feature_names": feature_names, "privileged_names": privileged_cols, "has_groups": bool(spec.group),
+        "skipped": [vars(s) for s in skipped], "extraction": {}, "media_kind": media_kind,
+        "inputs_spec": {**spec.inputs.model_dump(), "features": feature_cols},
+    }
+    return meta, media, texts
 
 
-def _attach_embeddings(data: PreparedData, spec: DatasetSpec, texts: list[str] | None, cfg: ExtractConfig,
-                       on_bad_video: str, log) -> PreparedData:
-    """Decode, read on-screen text and encode through the cache; undecodable media follow the bad-media policy."""
-    df = data.source
+def _remember_values(seen: list[np.ndarray], values: np.ndarray) -> None:
+    """Keep the distinct train label values (rows), enough to tell whether a task has two classes."""
+    if len(values) and sum(len(s) for s in seen) < 4096:
+        seen.append(np.unique(values, axis=0)[:4096])
+
+
+def _train_values_from_parts(writers: dict[str, store.ArrayWriter], task: str, split: np.ndarray,
+                             seen: list[np.ndarray]) -> None:
+    """Train label values when the split is drawn after the pass (seeded): read back from the written parts."""
+    start = 0
+    for y_part, m_part in zip(writers[f"label.{task}"].parts, writers[f"mask.{task}"].parts):
+        y, m = np.load(y_part), np.load(m_part)
+        train = m & (split[start : start + len(y)] == "train")
+        _remember_values(seen, y[train])
+        start += len(y)
+
+
+def _check_duplicate_ids(hashes: np.ndarray, folder: Path, files: dict[str, int], id_column: str,
+                         problems: _Problems) -> None:
+    """Duplicate ids through their 64-bit hashes; candidates are confirmed on the ids themselves."""
+    order = np.argsort(hashes, kind="stable")
+    sorted_h = hashes[order]
+    same = np.zeros(len(hashes), dtype=bool)
+    same[1:] = sorted_h[1:] == sorted_h[:-1]
+    same[:-1] |= same[1:].copy()
+    candidates = np.sort(order[same & (sorted_h != 0)])
+    if not len(candidates):
+        return
+    ids = store.open_array(folder, "ids")
+    values = pd.Series(ids[candidates].tolist())
+    dup = candidates[values.duplicated(keep=False).to_numpy()]
+    if not len(dup):
+        return
+    file_codes, rows = store.open_array(folder, "source_file"), store.open_array(folder, "source_row")
+    names = list(files)
+    for code in dict.fromkeys(file_codes[dup].tolist()):
+        part = dup[file_codes[dup] == code]
+        problems.add(Problem(names[code], "duplicate id", id_column, rows[part].astype(int).tolist(),
+                             [str(i) for i in ids[part]]))
+
+
+def _open(folder: Path, meta: dict) -> PreparedData:
+    """The store at ``folder`` as :class:`PreparedData` (memory-mapped arrays)."""
+    mapped: list[np.ndarray] = []
+
+    def array(name: str) -> np.ndarray:
+        mapped.append(store.open_array(folder, name))
+        return mapped[-1]
+
+    def tensor(name: str) -> torch.Tensor:
+        return torch.from_numpy(array(name))
+
+    tasks = [TaskInfo(**t) for t in meta["tasks"]]
+    return PreparedData(
+        name=meta["name"], root=Path(meta["root"]), ids=array("ids"), id_column=meta["id_column"],
+        split=array("split"), groups=array("groups") if meta["has_groups"] else None, tasks=tasks,
+        student_inputs={name: tensor(f"student.{name}") for name in meta["student_inputs"]},
+        feature_names=meta["feature_names"], privileged=tensor("privileged"),
+        privileged_names=meta["privileged_names"],
+        labels={t.name: tensor(f"label.{t.name}") for t in tasks},
+        label_mask={t.name: tensor(f"mask.{t.name}") for t in tasks},
+        fingerprint=meta.get("fingerprint", ""), skipped=[SkippedRow(**s) for s in meta["skipped"]],
+        extraction=meta["extraction"], inputs_spec=meta["inputs_spec"], store=folder, mapped=mapped)
+
+
+def _locate(folder: Path, meta: dict):
+    """(file, row, id) of store row ``index``, for the bad-media policy after extraction."""
+    files, rows, ids = (store.open_array(folder, n) for n in ("source_file", "source_row", "ids"))
+    return lambda index: (meta["files"][int(files[index])], int(rows[index]), str(ids[index]))
+
+
+def _array_names(folder: Path) -> list[str]:
+    return sorted(p.stem for p in folder.glob("*.npy"))
+
+
+def _drop_bad_media(data: PreparedData, meta: dict, bad: dict[int, str], on_bad_video: str, log) -> dict:
+    """Apply the bad-media policy to rows found undecodable after the table pass; drops them from every array."""
+    column = data.inputs_spec.get("video") or data.inputs_spec.get("frames")
+    skipped = apply_media_policy(bad, on_bad_video, column, _locate(data.store, meta), log)
+    if not skipped:
+        return meta
+    keep = np.ones(len(data), dtype=bool)
+    keep[list(bad)] = False
+    if not keep.any():
+        raise DatasetError([Problem(str(data.root / "dataset.yaml"), f"every row was skipped ({len(data)} rows with "
+                                                                     "bad media); nothing is left to train on")])
+    data.mapped.clear()
+    store.subset_arrays(data.store, _array_names(data.store), keep)
+    meta["skipped"] = meta["skipped"] + [vars(s) for s in skipped]
+    return meta
+
+
+def _attach_embeddings(data: PreparedData, meta: dict, spec: DatasetSpec, media: list[str] | None,
+                       texts: list[str] | None, cfg: ExtractConfig, on_bad_video: str, log) -> dict:
+    """Decode, read on-screen text and encode through the cache into the store; undecodable media follow the
+    bad-media policy."""
+    folder = data.store
     cache = default_cache(data.root, cfg)
     pre = Preprocessor(cfg)
-    column = spec.inputs.video or spec.inputs.frames
-    if column:
-        kind = "video" if spec.inputs.video else "frames"
-        rows = [MediaRow(i, data.ids[i], data.root / str(v), kind) for i, v in enumerate(df[column].tolist())]
+    bad: dict[int, str] = {}
+    if media is not None:
+        rows = [MediaRow(i, data.ids[i], data.root / v, meta["media_kind"]) for i, v in enumerate(media)]
         if cfg.ocr:
             read = extract_ocr(rows, pre, cache, log)
             texts = [with_ocr(texts[i] if texts else "", read[i]) for i in range(len(rows))]
@@ -338,31 +532,34 @@ def _attach_embeddings(data: PreparedData, spec: DatasetSpec, texts: list[str] |
             vectors, report = decode_frames(rows, cfg, log)
         else:
             vectors, report = extract_frames(rows, pre, cache, log)
-        locate = _Collector(df, spec.id).locate
-        data.skipped += apply_media_policy(report.bad, on_bad_video, column, locate, log)
-        if report.bad:
-            keep = np.ones(len(data), dtype=bool)
-            keep[list(report.bad)] = False
-            data = data.subset(keep)
-            texts = [t for t, k in zip(texts, keep) if k] if texts is not None else None
-            vectors = {new: vectors[old] for new, old in enumerate(np.flatnonzero(keep))}
-        frames = np.stack([vectors[i] for i in range(len(data))])
-        data.student_inputs["pixels" if cfg.end_to_end else "frames"] = torch.from_numpy(frames)
-        data.student_inputs["frames_mask"] = torch.ones(frames.shape[:2], dtype=torch.bool)
+        bad = dict(report.bad)
+        first = next(iter(vectors.values()), None)
+        shape = first.shape if first is not None else None
+        name = "pixels" if cfg.end_to_end else "frames"
+        frames = store.ArrayWriter(folder, f"student.{name}", np.float16 if cfg.store_float16 and not cfg.end_to_end else None)
+        for start in range(0, len(rows), store.COPY_ROWS):
+            block = [vectors.pop(i, None) for i in range(start, min(start + store.COPY_ROWS, len(rows)))]
+            frames.append(np.stack([v if v is not None else np.zeros_like(first) for v in block]))
+        frames.finish()
+        del vectors
+        store.write_array(folder, "student.frames_mask", np.ones((len(rows), shape[0]) if shape else (len(rows), 0), dtype=bool))
+        meta["student_inputs"] += [name, "frames_mask"]
     if texts is not None:
         counts = pre.text_encoder.token_counts(texts)
         cut = sum(c > cfg.max_tokens for c in counts)
-        data.extraction["text"] = {"texts": len(texts), "truncated": cut, "max_tokens": cfg.max_tokens,
-                                   "truncation": cfg.text_truncation,
-                                   "median_tokens": float(np.median(counts)) if counts else 0.0}
+        meta["extraction"]["text"] = {"texts": len(texts), "truncated": cut, "max_tokens": cfg.max_tokens,
+                                      "truncation": cfg.text_truncation,
+                                      "median_tokens": float(np.median(counts)) if counts else 0.0}
         if cut:
             log(f"extract: {cut} of {len(texts)} texts are longer than max_tokens={cfg.max_tokens} tokens (median "
                 f"{np.median(counts):.0f}) and were cut ({cfg.text_truncation}); raise extract.max_tokens to keep more")
         if cfg.end_to_end:
             ids, mask = pre.text_encoder.tokenize(texts)
-            data.student_inputs["text_ids"], data.student_inputs["text_mask"] = ids, mask
-            return data
-        tokens, mask = extract_text(texts, pre, cache)
-        data.student_inputs["text"] = torch.from_numpy(tokens)
-        data.student_inputs["text_mask"] = torch.from_numpy(mask)
-    return data
+            store.write_array(folder, "student.text_ids", ids.numpy())
+        else:
+            tokens, mask = extract_text(texts, pre, cache)
+            store.write_array(folder, "student.text", tokens.astype(np.float16) if cfg.store_float16 else tokens)
+            meta["student_inputs"].append("text")
+        store.write_array(folder, "student.text_mask", np.asarray(mask))
+        meta["student_inputs"] += (["text_ids"] if cfg.end_to_end else []) + ["text_mask"]
+    return _drop_bad_media(data, meta, bad, on_bad_video, log) if bad else meta

@@ -1,9 +1,10 @@
-"""Read the dataset table (.parquet, .csv, .jsonl; a glob reads several shards) and assign splits."""
+"""Stream the dataset table (.parquet, .csv, .jsonl; a glob reads several shards) and assign splits."""
 
 from __future__ import annotations
 
 import fnmatch
 import glob as globlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +14,12 @@ from cpfd.data.contract import DatasetError, Problem, confined, printable
 
 SOURCE_FILE = "__cpfd_file__"
 SOURCE_ROW = "__cpfd_row__"
-READERS = {
-    ".parquet": pd.read_parquet,
-    ".csv": lambda p: pd.read_csv(p, keep_default_na=True),
-    ".jsonl": lambda p: pd.read_json(p, lines=True, dtype=False),
-}
+CHUNK_ROWS = 65_536  # rows per chunk when streaming a table: bounds memory whatever the table's size
+TABLE_SUFFIXES = (".parquet", ".csv", ".jsonl")
 
 
-def read_table(root: Path, pattern: str, allow_outside: bool = False) -> pd.DataFrame:
-    """Concatenate every file matching ``pattern`` (relative to ``root``), remembering each row's file and row."""
+def table_files(root: Path, pattern: str, allow_outside: bool = False) -> list[Path]:
+    """The files matching ``pattern`` (relative to ``root``), checked to be tables inside ``root``."""
     paths = sorted(Path(p) for p in globlib.glob(str(root / pattern)))
     if not paths:
         raise DatasetError([Problem(str(root / "dataset.yaml"), f"table {pattern!r} matches no file")])
@@ -32,27 +30,81 @@ def read_table(root: Path, pattern: str, allow_outside: bool = False) -> pd.Data
             raise DatasetError([Problem(str(root / "dataset.yaml"), f"table: {err}")]) from None
         if not path.is_file():
             raise DatasetError([Problem(str(root / "dataset.yaml"), f"table {printable(path)} is not a regular file")])
-    frames = []
     for path in paths:
-        reader = READERS.get(path.suffix.lower())
-        if reader is None:
-            raise DatasetError([Problem(str(path), f"unsupported table format {path.suffix!r} (use {', '.join(READERS)})")])
-        if path.suffix.lower() == ".csv":
-            _check_csv_header(path)
+        if path.suffix.lower() not in TABLE_SUFFIXES:
+            raise DatasetError([Problem(str(path), f"unsupported table format {path.suffix!r} "
+                                                   f"(use {', '.join(TABLE_SUFFIXES)})")])
+    return paths
+
+
+def _chunks(path: Path, chunk_rows: int, columns: list[str] | None) -> Iterator[pd.DataFrame]:
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        with pq.ParquetFile(path) as pf:
+            if pf.metadata.num_rows == 0:
+                yield pf.schema_arrow.empty_table().to_pandas()
+            for batch in pf.iter_batches(batch_size=chunk_rows, columns=columns):
+                yield batch.to_pandas()
+        return
+    if suffix == ".csv":
+        _check_csv_header(path)
+        reader = pd.read_csv(path, keep_default_na=True, chunksize=chunk_rows, usecols=columns)
+    else:
+        reader = pd.read_json(path, lines=True, dtype=False, chunksize=chunk_rows)
+    with reader:
+        for df in reader:
+            yield df if columns is None or suffix == ".csv" else df.reindex(columns=columns)
+
+
+def iter_table(paths: list[Path], chunk_rows: int = CHUNK_ROWS, columns: list[str] | None = None
+               ) -> Iterator[pd.DataFrame]:
+    """Stream the table a chunk at a time; each chunk remembers every row's file and 1-based row.
+
+    At most ``chunk_rows`` rows of the table are in memory at once. Every file must have the first file's columns
+    (``columns`` reads only those). A parser failure is reported against its file."""
+    expected: set[str] | None = None
+    for path in paths:
+        offset = 0
         try:
-            df = reader(path)
+            for df in _chunks(path, chunk_rows, columns):
+                names = set(df.columns)
+                if expected is not None and names < expected and path.suffix.lower() == ".jsonl":
+                    df, names = df.reindex(columns=order), expected  # a key no line of this chunk uses is missing
+                if expected is None:
+                    order = list(df.columns)
+                    expected = names
+                elif names != expected and offset == 0:
+                    raise DatasetError([Problem(str(path), "table shards do not share the same columns")])
+                elif names != expected:
+                    raise DatasetError([Problem(str(path), f"the keys change after row {offset} "
+                                                           "(every row of a file needs the same keys)")])
+                df = df.reset_index(drop=True)
+                df[SOURCE_FILE] = str(path)
+                df[SOURCE_ROW] = np.arange(offset + 1, offset + len(df) + 1)
+                offset += len(df)
+                yield df
+        except DatasetError:
+            raise
         except UnicodeDecodeError:
             raise DatasetError([_utf8_problem(path)]) from None
         except Exception as err:  # noqa: BLE001 - any parser failure is reported against the file
             raise DatasetError([Problem(str(path), f"cannot be read: {type(err).__name__}: {err}")]) from None
-        df = df.reset_index(drop=True)
-        df[SOURCE_FILE] = str(path)
-        df[SOURCE_ROW] = np.arange(1, len(df) + 1)
-        frames.append(df)
-    columns = [list(f.columns) for f in frames]
-    if any(set(c) != set(columns[0]) for c in columns):
-        raise DatasetError([Problem(str(paths[0]), "table shards do not share the same columns")])
-    return pd.concat(frames, ignore_index=True)
+
+
+def table_columns(paths: list[Path]) -> list[str]:
+    """The first file's column names, from its schema (parquet) or its first rows."""
+    path = paths[0]
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return list(pq.read_schema(path).names)
+        except Exception as err:  # noqa: BLE001 - any parser failure is reported against the file
+            raise DatasetError([Problem(str(path), f"cannot be read: {type(err).__name__}: {err}")]) from None
+    first = next(iter_table([path], chunk_rows=1024), None)
+    return [c for c in first.columns if c not in (SOURCE_FILE, SOURCE_ROW)] if first is not None else []
 
 
 def _check_csv_header(path: Path) -> None:

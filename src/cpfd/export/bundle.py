@@ -148,7 +148,7 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path, data: PreparedData, 
     tasks = [t.name for t in data.tasks]
 
     rows = torch.as_tensor(np.concatenate([data.indices("test"), data.indices("val")])[:sample_rows])
-    batch = {k: v[rows] for k, v in data.student_inputs.items()}
+    batch = {k: v[rows].float() if v.is_floating_point() else v[rows] for k, v in data.student_inputs.items()}
     with torch.no_grad():
         sample = _core_inputs(student, batch)
         reference = core(**sample)["logits"]

@@ -69,9 +69,9 @@ def build_teacher(data: PreparedData, cfg: RunConfig) -> nn.Module:
     teacher = Teacher(input_shapes(data, encoders), task_outputs(data), cfg.model, cfg.teacher,
                       len(data.privileged_names), group_ids(data, cfg.teacher.groups))
     train = torch.from_numpy(data.indices("train"))
-    teacher.trunk.fit_inputs({k: v[train] for k, v in data.student_inputs.items()})
+    teacher.trunk.fit_inputs(data.student_inputs, train)
     if teacher.tower is not None:
-        teacher.tower.fit(data.privileged[train])
+        teacher.tower.fit(data.privileged, train)
     return EndToEndTeacher(encoders, teacher) if encoders is not None else teacher
 
 
@@ -79,7 +79,7 @@ def build_student(data: PreparedData, cfg: RunConfig) -> nn.Module:
     encoders = build_encoders(data, cfg)
     student = Student(input_shapes(data, encoders), task_outputs(data), cfg.model)
     train = torch.from_numpy(data.indices("train"))
-    student.trunk.fit_inputs({k: v[train] for k, v in data.student_inputs.items()})
+    student.trunk.fit_inputs(data.student_inputs, train)
     return EndToEndStudent(encoders, student) if encoders is not None else student
 
 

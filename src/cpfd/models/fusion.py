@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from cpfd.config import ModelConfig
+from cpfd.models.statistics import column_moments
 
 # Student-visible modalities and the fields that carry them; the seam the encoders plug into.
 STUDENT_MODALITIES = ("features", "frames", "text")
@@ -29,9 +30,12 @@ class VectorTokens(nn.Module):
         self.proj = nn.Linear(in_dim, n_tokens * d_model)
 
     @torch.no_grad()
-    def fit(self, train_values: Tensor) -> None:
-        std = train_values.std(0, unbiased=False) if len(train_values) > 1 else torch.ones_like(self.std)
-        self.mean.copy_(train_values.mean(0))
+    def fit(self, values: Tensor, rows: Tensor | None = None) -> None:
+        """Column mean/std of the train rows ``values[rows]`` (streamed, :mod:`cpfd.models.statistics`)."""
+        mean, std, _ = column_moments(values, rows)
+        if (len(values) if rows is None else len(rows)) < 2:
+            std = torch.ones_like(std)
+        self.mean.copy_(mean)
         self.std.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -90,10 +94,10 @@ class FusionTrunk(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.out_dim = d
 
-    def fit_inputs(self, train_inputs: dict[str, Tensor]) -> None:
-        """Fit input statistics (numeric-feature standardisation) on train rows."""
+    def fit_inputs(self, inputs: dict[str, Tensor], rows: Tensor | None = None) -> None:
+        """Fit input statistics (numeric-feature standardisation) on the train rows ``rows`` of ``inputs``."""
         if "features" in self.tokenizers:
-            self.tokenizers["features"].fit(train_inputs["features"])
+            self.tokenizers["features"].fit(inputs["features"], rows)
 
     def forward(
         self,

@@ -9,20 +9,10 @@ from cpfd.config import ModelConfig, TeacherConfig
 from cpfd.errors import UsageError
 from cpfd.models.fusion import FusionTrunk
 from cpfd.models.heads import TaskHeads
+from cpfd.models.statistics import column_moments
 
 
 HEAVY_TAIL_SKEW = 3.0
-
-
-def _moments(values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-column mean, standard deviation and skewness, ignoring NaN."""
-    finite = ~torch.isnan(values)
-    count = finite.sum(0).clamp(min=1)
-    mean = torch.where(finite, values, torch.zeros_like(values)).sum(0) / count
-    centred = torch.where(finite, values - mean, torch.zeros_like(values))
-    std = ((centred**2).sum(0) / count).sqrt()
-    skew = (centred**3).sum(0) / count / std.clamp(min=1e-8) ** 3
-    return mean, std, skew
 
 
 class DenseTower(nn.Module):
@@ -51,14 +41,15 @@ class DenseTower(nn.Module):
         self.out_dim = width
 
     @torch.no_grad()
-    def fit(self, train_values: Tensor) -> None:
-        """Per-feature mean/std from train rows, ignoring NaN; constant or all-missing columns get std 1.
+    def fit(self, values: Tensor, rows: Tensor | None = None) -> None:
+        """Per-feature mean/std from train rows (``values[rows]``), ignoring NaN; constant or all-missing columns
+        get std 1.
 
         Heavy-tailed columns (|skewness| > ``HEAVY_TAIL_SKEW`` on train: counts, amounts, view histories) are
         first mapped through sign(x)·log(1 + |x|), so a few extreme rows do not squash the rest to zero."""
-        mean, std, skew = _moments(train_values)
+        _, _, skew = column_moments(values, rows)
         self.log_scale.copy_(skew.abs() > HEAVY_TAIL_SKEW)
-        mean, std, _ = _moments(self._shape(train_values))
+        mean, std, _ = column_moments(values, rows, self._shape)
         self.mean.copy_(mean)
         self.std.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)))
 

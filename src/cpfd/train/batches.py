@@ -14,13 +14,25 @@ from torch.utils.data import Dataset
 from cpfd.data.prepared import PreparedData
 
 
+RELEASE_EVERY = 64  # batches between hand-backs of store pages (see PreparedData.release_pages)
+
+
+def as_model_input(value: torch.Tensor) -> torch.Tensor:
+    """Embeddings stored as float16 (``extract.store_float16``) reach the model as float32."""
+    return value.float() if value.dtype == torch.float16 else value
+
+
 class RowDataset(Dataset):
-    """Rows ``indices`` of ``data``, fetched a batch at a time (``__getitems__``) to avoid per-row Python work."""
+    """Rows ``indices`` of ``data``, fetched a batch at a time (``__getitems__``) to avoid per-row Python work.
+
+    The rows of a batch are gathered from the memory-mapped store with one vectorised index read per array, in
+    ascending row order so neighbouring rows share disk pages."""
 
     def __init__(self, data: PreparedData, indices: np.ndarray, with_privileged: bool = False):
         self.data = data
         self.indices = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         self.with_privileged = with_privileged
+        self.fetched = 0
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -31,9 +43,12 @@ class RowDataset(Dataset):
     def __getitems__(self, positions: list[int]) -> dict:
         rows = self.indices[torch.as_tensor(positions, dtype=torch.long)]
         d = self.data
+        self.fetched += 1
+        if self.fetched % RELEASE_EVERY == 0:
+            d.release_pages()
         batch = {
             "index": rows,
-            "student": {name: value[rows] for name, value in d.student_inputs.items()},
+            "student": {name: as_model_input(value[rows]) for name, value in d.student_inputs.items()},
             "labels": {t: y[rows] for t, y in d.labels.items()},
             "label_mask": {t: m[rows] for t, m in d.label_mask.items()},
         }

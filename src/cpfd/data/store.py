@@ -1,0 +1,185 @@
+"""The on-disk dataset store: a validated dataset as memory-mapped NumPy arrays, built once, opened by every command.
+
+A store is a folder ``<cache>/store/<key>/`` holding one ``.npy`` file per array (``ids``, ``split``, ``groups``,
+``student.<input>``, ``privileged``, ``label.<task>``, ``mask.<task>``) and ``meta.json``, written last: a folder
+without it is an unfinished build and is never opened. The key hashes everything the arrays depend on (the spec,
+the bytes of every table file, the split seed, the bad-media policy, the extraction settings), so a later command on
+unchanged data opens the store instead of validating and encoding again.
+
+Arrays are opened with ``np.load(mmap_mode="c")``: pages come from disk as batches touch them and the kernel can
+drop them again, so memory does not grow with the number of rows. :func:`release_pages` hands touched pages back
+(``MADV_PAGEOUT``) so a pass over a table larger than RAM does not show up as resident memory.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import shutil
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+STORE_VERSION = 1
+META = "meta.json"
+COPY_ROWS = 65_536  # rows per copy step when joining or subsetting arrays
+KEEP_STORES = 2  # older stores of the same dataset (same root and name) are deleted beyond this many
+
+
+class StoreError(OSError):
+    pass
+
+
+def _as_storable(chunk: np.ndarray) -> np.ndarray:
+    """Object arrays (ids, split, group names) are stored as fixed-width unicode, which memory-maps."""
+    if chunk.dtype == object:
+        return np.asarray([str(v) for v in chunk], dtype=str) if len(chunk) else np.zeros(0, dtype="<U1")
+    return np.ascontiguousarray(chunk)
+
+
+class ArrayWriter:
+    """Appends chunks of one array as part files, then joins them into ``<name>.npy`` once its length is known."""
+
+    def __init__(self, folder: Path, name: str, dtype: np.dtype | str | None = None):
+        self.folder, self.name = folder, name
+        self.dtype = np.dtype(dtype) if dtype is not None else None
+        self.parts: list[Path] = []
+
+    def append(self, chunk: np.ndarray) -> None:
+        chunk = _as_storable(np.asarray(chunk))
+        if self.dtype is not None and chunk.dtype.kind != "U":
+            chunk = chunk.astype(self.dtype, copy=False)
+        part = self.folder / f"{self.name}.part{len(self.parts):06d}.npy"
+        np.save(part, chunk)
+        self.parts.append(part)
+
+    def finish(self) -> Path:
+        """Join the parts into one ``.npy`` (streamed, a part at a time) and delete them."""
+        heads = [np.load(p, mmap_mode="r") for p in self.parts]
+        n = sum(len(h) for h in heads)
+        tail = heads[0].shape[1:] if heads else ()
+        dtype = heads[0].dtype if heads else (self.dtype or np.dtype(np.float32))
+        if dtype.kind == "U":
+            dtype = max((h.dtype for h in heads), key=lambda d: d.itemsize)
+        del heads
+        out_path = self.folder / f"{self.name}.npy"
+        out = np.lib.format.open_memmap(out_path, mode="w+", dtype=dtype, shape=(n, *tail))
+        start = 0
+        for part in self.parts:
+            chunk = np.load(part)
+            out[start : start + len(chunk)] = chunk
+            start += len(chunk)
+            part.unlink()
+        out.flush()
+        del out
+        self.parts = []
+        return out_path
+
+
+def write_array(folder: Path, name: str, values: np.ndarray) -> Path:
+    path = folder / f"{name}.npy"
+    np.save(path, _as_storable(np.asarray(values)))
+    return path
+
+
+def open_array(folder: Path, name: str) -> np.ndarray:
+    """A memory-mapped view of one stored array (copy-on-write: in-place edits never reach the file)."""
+    path = folder / f"{name}.npy"
+    try:
+        return np.load(path, mmap_mode="c")
+    except ValueError:  # an empty array (no privileged columns, no rows) cannot be mapped
+        return np.load(path)
+
+
+def subset_arrays(folder: Path, names: Iterable[str], keep: np.ndarray) -> None:
+    """Rewrite each array with only the rows where ``keep`` is true, a block of rows at a time."""
+    idx = np.flatnonzero(keep)
+    for name in names:
+        src_path = folder / f"{name}.npy"
+        src = np.load(src_path, mmap_mode="r")
+        tmp = folder / f"{name}.subset.npy"
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=src.dtype, shape=(len(idx), *src.shape[1:]))
+        for start in range(0, len(idx), COPY_ROWS):
+            out[start : start + COPY_ROWS] = src[idx[start : start + COPY_ROWS]]
+        out.flush()
+        del out, src
+        os.replace(tmp, src_path)
+
+
+def release_pages(arrays: Iterable[np.ndarray]) -> None:
+    """Ask the kernel to drop the resident pages of memory-mapped arrays (they are re-read from disk when touched).
+
+    ``MADV_PAGEOUT`` reclaims clean pages and never discards a written one, so copy-on-write edits survive."""
+    advice = getattr(mmap, "MADV_PAGEOUT", None)
+    if advice is None:
+        return
+    for array in arrays:
+        base = getattr(array, "_mmap", None)
+        if base is not None:
+            try:
+                base.madvise(advice)
+            except (OSError, ValueError):
+                return
+
+
+def store_root(cache: Path) -> Path:
+    return cache / "store"
+
+
+def begin(cache: Path) -> Path:
+    """A fresh build folder beside the finished stores (renamed into place by :func:`commit`)."""
+    root = store_root(cache)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        folder = root / f".build-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        folder.mkdir()
+    except OSError as err:
+        raise StoreError(f"cannot write the dataset store under {root}: {err.strerror or err}; set extract.cache_dir "
+                         "or CPFD_CACHE to a writable folder") from None
+    return folder
+
+
+def commit(folder: Path, key: str, meta: dict) -> Path:
+    """Write ``meta.json`` last, then move the build into place; if another process (a second DDP rank) finished
+    the same store first, keep theirs."""
+    tmp = folder / f"{META}.tmp"
+    tmp.write_text(json.dumps({"version": STORE_VERSION, "key": key, **meta}, indent=1))
+    os.replace(tmp, folder / META)
+    final = folder.parent / key
+    try:
+        os.rename(folder, final)
+    except OSError:
+        if not (final / META).exists():
+            raise
+        shutil.rmtree(folder, ignore_errors=True)
+    _prune(final, meta)
+    return final
+
+
+def find(cache: Path, key: str) -> tuple[Path, dict] | None:
+    """The finished store for ``key`` and its metadata, or None."""
+    folder = store_root(cache) / key
+    try:
+        meta = json.loads((folder / META).read_text())
+    except (OSError, ValueError):
+        return None
+    return (folder, meta) if meta.get("version") == STORE_VERSION else None
+
+
+def _prune(keep: Path, meta: dict) -> None:
+    """Delete older stores of the same dataset beyond :data:`KEEP_STORES` (the data they hold has changed since)."""
+    same = []
+    for folder in store_root(keep.parent.parent).iterdir():
+        if folder == keep or folder.name.startswith(".build-"):
+            continue
+        try:
+            other = json.loads((folder / META).read_text())
+        except (OSError, ValueError):
+            continue
+        if other.get("root") == meta.get("root") and other.get("name") == meta.get("name"):
+            same.append((folder.stat().st_mtime, folder))
+    for _, folder in sorted(same, reverse=True)[KEEP_STORES - 1 :]:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,143 @@
+"""The on-disk dataset store: streaming validation equals one pass, the store is reused, and statistics stream."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import make_dataset
+from cpfd.data import DatasetError, load_dataset
+from cpfd.data import prepared, store, table
+from cpfd.models import statistics
+
+
+def _arrays(data) -> dict[str, np.ndarray]:
+    out = {"ids": np.asarray(data.ids), "split": np.asarray(data.split), "groups": np.asarray(data.groups),
+           "privileged": data.privileged.numpy()}
+    out |= {f"student.{k}": v.numpy() for k, v in data.student_inputs.items()}
+    out |= {f"label.{k}": v.numpy() for k, v in data.labels.items()}
+    out |= {f"mask.{k}": v.numpy() for k, v in data.label_mask.items()}
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
+def test_streaming_in_small_chunks_equals_one_chunk(tmp_path, monkeypatch, fmt):
+    # "sport" appears only after row 50: classes are inferred over the whole table, not the first chunk.
+    def late_class(df):
+        df.loc[:49, "category"] = df.loc[:49, "category"].replace("sport", "news")
+        return df
+
+    folder = make_dataset(tmp_path / fmt, n=120, n_unlabelled=20, fmt=fmt, with_split=False, mutate=late_class)
+    whole = load_dataset(folder, seed=3, extract=None)
+    monkeypatch.setattr(table, "CHUNK_ROWS", 7)
+    monkeypatch.setattr(prepared, "iter_table", lambda paths, chunk_rows=7, columns=None:
+                        table.iter_table(paths, 7, columns))
+    chunked = load_dataset(folder, seed=3, extract=ExtractConfigWithCache(tmp_path / "other-cache"))
+    assert chunked.store != whole.store
+    assert [t.classes for t in chunked.tasks] == [t.classes for t in whole.tasks] == \
+        [["0", "1"], ["music", "news", "sport"], ["a", "b"]]
+    a, b = _arrays(whole), _arrays(chunked)
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert chunked.fingerprint == whole.fingerprint
+    assert int((chunked.split == "train").sum()) == 20 + 96
+
+
+def ExtractConfigWithCache(path):
+    from cpfd.config import ExtractConfig
+
+    return ExtractConfig(cache_dir=str(path))
+
+
+def test_problems_across_chunks_are_merged_and_located(tmp_path, monkeypatch):
+    def broken(df):
+        df.loc[40, "video_id"] = "v0003"  # duplicate of a row in another chunk
+        df["dense_1"] = df["dense_1"].astype(object)
+        df.loc[[2, 30], "dense_1"] = "oops"  # the same problem in two chunks: one entry, both rows
+        return df
+
+    folder = make_dataset(tmp_path / "ds", n=60, fmt="csv", mutate=broken)
+    monkeypatch.setattr(prepared, "iter_table", lambda paths, chunk_rows=0, columns=None:
+                        table.iter_table(paths, 16, columns))
+    with pytest.raises(DatasetError) as info:
+        load_dataset(folder)
+    problems = {(p.message, p.column): p for p in info.value.problems}
+    dup = problems[("duplicate id", "video_id")]
+    assert dup.rows == [4, 41] and dup.ids == ["v0003", "v0003"]
+    bad = problems[("non-numeric value in a privileged feature", "dense_1")]
+    assert bad.rows == [3, 31] and bad.file.endswith("data.csv")
+    assert not list((tmp_path / "ds" / ".cpfd_cache" / "store").glob(".build-*")), "a failed build is removed"
+
+
+def test_a_second_load_opens_the_store_without_revalidating(tmp_path, monkeypatch):
+    folder = make_dataset(tmp_path / "ds", n=80)
+    first = load_dataset(folder)
+    assert isinstance(first.ids, np.memmap) and isinstance(first.mapped[0], np.memmap)
+    monkeypatch.setattr(prepared, "_build", lambda *a, **k: pytest.fail("the store was rebuilt"))
+    again = load_dataset(folder)
+    assert again.store == first.store and again.fingerprint == first.fingerprint
+    for name, value in _arrays(first).items():
+        np.testing.assert_array_equal(value, _arrays(again)[name], err_msg=name)
+
+
+def test_changed_data_builds_a_new_store_and_old_ones_are_pruned(tmp_path):
+    folder = make_dataset(tmp_path / "ds", n=80)
+    stores = []
+    for k in range(store.KEEP_STORES + 1):
+        df = pd.read_parquet(folder / "data.parquet")
+        df.loc[0, "dense_0"] = float(k)
+        df.to_parquet(folder / "data.parquet")
+        data = load_dataset(folder)
+        assert float(data.privileged[0, 0]) == k
+        stores.append(data.store)
+    assert len(set(stores)) == len(stores)
+    assert [s.exists() for s in stores] == [False] + [True] * store.KEEP_STORES
+
+
+def test_concurrent_builds_of_one_store_keep_the_first(tmp_path):
+    cache = tmp_path / "cache"
+    first, second = store.begin(cache), store.begin(cache)
+    store.write_array(first, "x", np.arange(3))
+    store.write_array(second, "x", np.arange(3) + 10)
+    kept = store.commit(first, "k", {"name": "n", "root": "r"})
+    assert store.commit(second, "k", {"name": "n", "root": "r"}) == kept
+    assert np.load(kept / "x.npy").tolist() == [0, 1, 2] and not second.exists()
+
+
+def test_array_writer_joins_parts_and_stores_float16(tmp_path):
+    writer = store.ArrayWriter(tmp_path, "emb", np.float16)
+    writer.append(np.full((2, 3), 0.5, np.float32))
+    writer.append(np.full((1, 3), 1.25, np.float32))
+    ids = store.ArrayWriter(tmp_path, "ids")
+    ids.append(np.array(["a"], dtype=object))
+    ids.append(np.array(["long-id"], dtype=object))
+    emb = np.load(writer.finish(), mmap_mode="c")
+    assert emb.dtype == np.float16 and emb.shape == (3, 3) and emb[:, 0].tolist() == [0.5, 0.5, 1.25]
+    assert np.load(ids.finish()).tolist() == ["a", "long-id"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.npy", "ids.npy"]
+    from cpfd.train.batches import as_model_input
+
+    assert as_model_input(torch.from_numpy(np.asarray(emb))).dtype == torch.float32
+
+
+def test_subset_arrays_keeps_rows_in_order(tmp_path):
+    store.write_array(tmp_path, "x", np.arange(10).reshape(5, 2))
+    store.subset_arrays(tmp_path, ["x"], np.array([True, False, True, False, True]))
+    assert np.load(tmp_path / "x.npy").tolist() == [[0, 1], [4, 5], [8, 9]]
+
+
+def test_column_moments_stream_over_blocks_and_ignore_nan(monkeypatch):
+    monkeypatch.setattr(statistics, "BLOCK_ROWS", 2)
+    values = torch.tensor([[1.0, 5.0], [2.0, float("nan")], [6.0, 5.0], [100.0, 7.0], [3.0, 9.0]])
+    rows = torch.tensor([0, 1, 2, 4])  # row 3 is not a train row
+    mean, std, skew = statistics.column_moments(values, rows)
+    # column 0 over 1, 2, 6, 3: mean 3, population variance (4 + 1 + 9 + 0) / 4 = 3.5,
+    # third moment (-8 - 1 + 27 + 0) / 4 = 4.5, skew 4.5 / 3.5 ** 1.5
+    # column 1 over 5, 5, 9 (NaN ignored): mean 19/3
+    assert mean.tolist() == pytest.approx([3.0, 19 / 3])
+    assert std[0].item() == pytest.approx(3.5**0.5)
+    assert skew[0].item() == pytest.approx(4.5 / 3.5**1.5, rel=1e-5)
+    assert std[1].item() == pytest.approx(np.std([5.0, 5.0, 9.0]))
