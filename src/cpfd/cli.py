@@ -415,7 +415,8 @@ def predict(
     dataset: DatasetArg,
     out_file: Annotated[Path, typer.Option("--out", help="Parquet file of predictions")] = Path("preds.parquet"),
     runtime: Annotated[Runtime, typer.Option(help="inference engine")] = Runtime.torch,
-    batch_rows: Annotated[int, typer.Option(help="rows read and scored at a time (bounds memory)")] = 256,
+    batch_rows: Annotated[Optional[int], typer.Option(
+        help="rows read and scored at a time (bounds memory); default: about 64 MB of decoded inputs a chunk")] = None,
 ) -> None:
     """Score a dataset with a bundle: per-task probabilities and labels at the tuned thresholds."""
     from cpfd.export.predict import predict_dataset

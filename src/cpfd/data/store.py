@@ -66,17 +66,33 @@ class ArrayWriter:
             dtype = max((h.dtype for h in heads), key=lambda d: d.itemsize)
         del heads
         out_path = self.folder / f"{self.name}.npy"
-        out = np.lib.format.open_memmap(out_path, mode="w+", dtype=dtype, shape=(n, *tail))
-        start = 0
-        for part in self.parts:
-            chunk = np.load(part)
-            out[start : start + len(chunk)] = chunk
-            start += len(chunk)
-            part.unlink()
-        out.flush()
-        del out
+        with _NpyFile(out_path, dtype, (n, *tail)) as out:
+            for part in self.parts:
+                out.write(np.load(part).astype(dtype, copy=False))
+                part.unlink()
         self.parts = []
         return out_path
+
+
+class _NpyFile:
+    """A ``.npy`` file written front to back with plain writes.
+
+    Filling a writable memory map would keep every written page resident (and counted in the process's memory)
+    until the map is closed; plain writes leave them to the page cache."""
+
+    def __init__(self, path: Path, dtype: np.dtype, shape: tuple[int, ...]):
+        self.fh = open(path, "wb")
+        np.lib.format.write_array_header_2_0(self.fh, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                        "fortran_order": False, "shape": shape})
+
+    def write(self, block: np.ndarray) -> None:
+        self.fh.write(np.ascontiguousarray(block).tobytes())
+
+    def __enter__(self) -> "_NpyFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.fh.close()
 
 
 def write_array(folder: Path, name: str, values: np.ndarray) -> Path:
@@ -101,11 +117,10 @@ def subset_arrays(folder: Path, names: Iterable[str], keep: np.ndarray) -> None:
         src_path = folder / f"{name}.npy"
         src = np.load(src_path, mmap_mode="r")
         tmp = folder / f"{name}.subset.npy"
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=src.dtype, shape=(len(idx), *src.shape[1:]))
-        for start in range(0, len(idx), COPY_ROWS):
-            out[start : start + COPY_ROWS] = src[idx[start : start + COPY_ROWS]]
-        out.flush()
-        del out, src
+        with _NpyFile(tmp, src.dtype, (len(idx), *src.shape[1:])) as out:
+            for start in range(0, len(idx), COPY_ROWS):
+                out.write(src[idx[start : start + COPY_ROWS]])
+        del src
         os.replace(tmp, src_path)
 
 

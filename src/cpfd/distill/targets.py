@@ -22,10 +22,11 @@ from cpfd.io import atomic_write, file_sha256
 
 @dataclass
 class TeacherTargets:
-    """Teacher logits and fused embedding for every row of a dataset, plus per-task calibration temperatures."""
+    """Teacher logits (and fused embedding, when feature distillation asked for it) for every row of a dataset, plus
+    per-task calibration temperatures."""
 
     logits: dict[str, torch.Tensor]
-    embedding: torch.Tensor
+    embedding: torch.Tensor | None
     temperatures: dict[str, float]
     calibration: dict[str, dict] = field(default_factory=dict)  # how each temperature was chosen
 
@@ -40,7 +41,8 @@ def cache_key(checkpoints: list[Path], fingerprint: str) -> str:
 
 def _tensors(targets: TeacherTargets) -> dict[str, torch.Tensor]:
     tensors = {f"logits/{t}": z.contiguous() for t, z in targets.logits.items()}
-    tensors["embedding"] = targets.embedding.contiguous()
+    if targets.embedding is not None:
+        tensors["embedding"] = targets.embedding.contiguous()
     return tensors
 
 
@@ -74,7 +76,7 @@ def load_targets(path: Path) -> TeacherTargets:
     if "sha256" not in meta or _checksum(tensors) != meta["sha256"]:
         raise CorruptCacheError(f"{path}: content does not match its checksum")
     logits = {name.split("/", 1)[1]: z for name, z in tensors.items() if name.startswith("logits/")}
-    return TeacherTargets(logits, tensors["embedding"], json.loads(meta["temperatures"]),
+    return TeacherTargets(logits, tensors.get("embedding"), json.loads(meta["temperatures"]),
                           json.loads(meta.get("calibration", "{}")))
 
 

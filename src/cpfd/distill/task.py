@@ -28,7 +28,8 @@ class CachedTeacher:
         rows = batch["index"].cpu()
         device = batch["index"].device
         logits = {t: z[rows].to(device) for t, z in self.targets.logits.items()}
-        return logits, self.targets.embedding[rows].to(device)
+        embedding = self.targets.embedding
+        return logits, embedding[rows].to(device) if embedding is not None else None
 
 
 class OnlineTeacher(nn.Module):

@@ -28,14 +28,33 @@ from cpfd.export.runtime import InputError, StudentBundle
 from cpfd.task_types import is_missing, task_type
 
 
-def _chunks(path: Path, rows: int) -> Iterator[pd.DataFrame]:
+CHUNK_BYTES = 64 * 2**20  # default chunk: about this many bytes of decoded inputs
+MAX_CHUNK_ROWS = 65_536
+
+
+def _chunks(path: Path, rows: int, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
+    """The table ``rows`` at a time, reading only ``columns`` (privileged columns are never read)."""
     if path.suffix == ".parquet":
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
-            yield batch.to_pandas()
+        with pq.ParquetFile(path) as pf:
+            for batch in pf.iter_batches(batch_size=rows, columns=columns):
+                yield batch.to_pandas()
     elif path.suffix == ".csv":
-        yield from pd.read_csv(path, chunksize=rows)
+        yield from pd.read_csv(path, chunksize=rows, usecols=columns)
     else:
-        yield from pd.read_json(path, lines=True, chunksize=rows, dtype=False)
+        for df in pd.read_json(path, lines=True, chunksize=rows, dtype=False):
+            yield df if columns is None else df[columns]
+
+
+def chunk_rows(bundle: StudentBundle, n_feature_columns: int) -> int:
+    """Rows per chunk so that a chunk's decoded inputs take about :data:`CHUNK_BYTES`: numeric features as float64
+    while parsed, decoded frames as uint8 RGB, text as a few KB."""
+    per_row = 8 * max(n_feature_columns, 1) + 64
+    if "frames" in bundle.input_names or bundle.reads_ocr:
+        sampling = bundle.pre.cfg.sampling
+        per_row += sampling.num_frames * 3 * sampling.size**2
+    if "text" in bundle.input_names:
+        per_row += 4096
+    return int(max(1, min(MAX_CHUNK_ROWS, CHUNK_BYTES // per_row)))
 
 
 def _columns(path: Path) -> list[str]:
@@ -47,10 +66,11 @@ def _columns(path: Path) -> list[str]:
     return list(next(_chunks(path, 1)).columns)
 
 
-def predict_dataset(bundle: StudentBundle, folder: str | Path, out_path: str | Path, batch_rows: int = 256,
+def predict_dataset(bundle: StudentBundle, folder: str | Path, out_path: str | Path, batch_rows: int | None = None,
                     log: Callable[[str], None] = print, progress: bool = True) -> int:
-    """Score every row of the dataset into ``out_path``. The file is written under a temporary name and renamed
-    only when every row is in it, so a crash leaves no half-written predictions."""
+    """Score every row of the dataset into ``out_path``, ``batch_rows`` rows at a time (default: sized by bytes,
+    :func:`chunk_rows`). The file is written under a temporary name and renamed only when every row is in it, so
+    a crash leaves no half-written predictions."""
     spec, root = load_spec(folder)
     files = sorted(Path(p) for p in glob.glob(str(root / spec.table)))
     if not files:
@@ -67,6 +87,8 @@ def predict_dataset(bundle: StudentBundle, folder: str | Path, out_path: str | P
     absent = [c for c in needed if c not in columns] + unmatched
     if absent:
         raise DatasetError([Problem(str(files[0]), "column the bundle needs is not in the table", c) for c in absent])
+    read = list(dict.fromkeys(needed + feature_cols))
+    batch_rows = batch_rows or chunk_rows(bundle, len(feature_cols))
     privileged, _ = expand_columns(spec.privileged, columns)
     if privileged:
         log(f"predict: ignoring {len(privileged)} privileged column(s) ({', '.join(privileged[:5])}"
@@ -79,7 +101,7 @@ def predict_dataset(bundle: StudentBundle, folder: str | Path, out_path: str | P
         with pq.ParquetWriter(tmp, output_schema(bundle)) as writer:
             for file in files:
                 offset = 0
-                for df in _chunks(file, batch_rows):
+                for df in _chunks(file, batch_rows, read):
                     writer.write_table(_score_chunk(bundle, df, root, spec.id, feature_cols, file, offset,
                                                     spec.allow_outside))
                     offset += len(df)

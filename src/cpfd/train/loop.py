@@ -83,8 +83,9 @@ def make_fabric(cfg: TrainConfig) -> Fabric:
 
 @torch.no_grad()
 def predict(model: nn.Module, data: PreparedData, indices: np.ndarray, with_privileged: bool = False,
-            batch_size: int = 1024, progress: str | None = None) -> dict:
-    """Logits and embedding for ``indices``, scattered into tensors that cover every row (zeros elsewhere).
+            batch_size: int = 1024, progress: str | None = None, with_embedding: bool = False) -> dict:
+    """Logits (and, with ``with_embedding``, the fused embedding) for ``indices``, scattered into tensors that
+    cover every row (zeros elsewhere). The embedding is n × d floats, so only feature distillation asks for it.
 
     ``with_privileged`` passes the privileged features (the model is a teacher). Runs on the device the model's
     parameters are on; results come back on the CPU. ``progress`` names the pass for a bar (rows/s, ETA) on a
@@ -113,9 +114,10 @@ def predict(model: nn.Module, data: PreparedData, indices: np.ndarray, with_priv
         rows = batch["index"].cpu()
         for task, z in out["logits"].items():
             logits[task][rows] = z.float().cpu()
-        if embedding is None:
-            embedding = torch.zeros(n, out["embedding"].shape[1])
-        embedding[rows] = out["embedding"].float().cpu()
+        if with_embedding:
+            if embedding is None:
+                embedding = torch.zeros(n, out["embedding"].shape[1])
+            embedding[rows] = out["embedding"].float().cpu()
     bar.close()
     model.train(was_training)
     return {"logits": logits, "embedding": embedding}

@@ -262,7 +262,8 @@ def distill(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, teacher
                              "`cpfd fit-teacher`)")
         teacher_run = RunFolder(teacher_dir)
         with fabric.rank_zero_first():  # rank 0 builds the cache, the others then read it
-            targets = teacher_targets(teacher_run, data, log if fabric.is_global_zero else (lambda _m: None))
+            targets = teacher_targets(teacher_run, data, log if fabric.is_global_zero else (lambda _m: None),
+                                      embedding=cfg.distill.feature_kd != "none")
         if cfg.distill.target_temperature == "scenario":
             targets = per_scenario_targets(data, targets)
             log(f"teacher targets divided by per-scenario temperatures: {targets.calibration['scenario_temperature']}")

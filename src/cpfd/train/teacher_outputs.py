@@ -27,15 +27,19 @@ from cpfd.train.teacher_kinds import gbdt_outputs, read_outputs
 Log = Callable[[str], None]
 
 
-def neural_outputs(teacher: nn.Module, data: PreparedData, folds: list[tuple[nn.Module, np.ndarray]] | None = None
-                   ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Teacher logits and fused embedding for every row; fold teachers overwrite their held-out rows."""
-    out = predict(teacher, data, np.arange(len(data)), with_privileged=True, progress="teacher outputs")
+def neural_outputs(teacher: nn.Module, data: PreparedData, folds: list[tuple[nn.Module, np.ndarray]] | None = None,
+                   embedding: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """Teacher logits (and fused embedding when ``embedding``) for every row; fold teachers overwrite their
+    held-out rows."""
+    out = predict(teacher, data, np.arange(len(data)), with_privileged=True, progress="teacher outputs",
+                  with_embedding=embedding)
     for k, (fold_teacher, rows) in enumerate(folds or []):
-        fold_out = predict(fold_teacher, data, rows, with_privileged=True, progress=f"fold teacher {k + 1} outputs")
+        fold_out = predict(fold_teacher, data, rows, with_privileged=True, progress=f"fold teacher {k + 1} outputs",
+                           with_embedding=embedding)
         for task in out["logits"]:
             out["logits"][task][rows] = fold_out["logits"][task][rows]
-        out["embedding"][rows] = fold_out["embedding"][rows]
+        if embedding:
+            out["embedding"][rows] = fold_out["embedding"][rows]
     return out["logits"], out["embedding"]
 
 
@@ -67,8 +71,10 @@ def _fold_rows(run: RunFolder, data: PreparedData) -> list[np.ndarray]:
     return [np.array(sorted(position[i] for i in ids if i in position), dtype=np.int64) for ids in run.folds_ids()]
 
 
-def raw_outputs(run: RunFolder, data: PreparedData) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Uncalibrated logits (+ embedding) of a teacher run of any kind, cross-fitted where it has folds."""
+def raw_outputs(run: RunFolder, data: PreparedData, embedding: bool = False
+                ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """Uncalibrated logits (+ embedding: a neural teacher's fused vector only when ``embedding``) of a teacher run of
+    any kind, cross-fitted where it has folds."""
     kind = run.config.teacher.kind
     folds = _fold_rows(run, data)
     if kind == "file":
@@ -82,7 +88,7 @@ def raw_outputs(run: RunFolder, data: PreparedData) -> tuple[dict[str, torch.Ten
             embedding[rows] = fold_embedding[rows]
         return logits, embedding
     fold_teachers = [(load_teacher(run, data, run.fold(k).best), rows) for k, rows in enumerate(folds)]
-    return neural_outputs(load_teacher(run, data), data, fold_teachers)
+    return neural_outputs(load_teacher(run, data), data, fold_teachers, embedding)
 
 
 def fold_logits(run: RunFolder, data: PreparedData) -> list[dict[str, torch.Tensor]]:
@@ -99,17 +105,21 @@ def fold_logits(run: RunFolder, data: PreparedData) -> list[dict[str, torch.Tens
     return out
 
 
-def teacher_targets(run: RunFolder, data: PreparedData, log: Log = print) -> TeacherTargets:
-    """The teacher's cached outputs for ``data``; (re)built when missing, stale or corrupt."""
+def teacher_targets(run: RunFolder, data: PreparedData, log: Log = print, embedding: bool = False) -> TeacherTargets:
+    """The teacher's cached outputs for ``data``; (re)built when missing, stale or corrupt.
+
+    The fused embedding (n × d floats, for feature distillation) is computed and cached, in a file of its own, only
+    when ``embedding`` asks for it; the logits alone are what every other use needs."""
     run = RunFolder(run)
     checkpoints = run.teacher_checkpoints()
 
     def build() -> TeacherTargets:
         t_cfg = run.config.teacher
-        return calibrated_targets(data, *raw_outputs(run, data), calibrate=t_cfg.calibrate,
+        return calibrated_targets(data, *raw_outputs(run, data, embedding), calibrate=t_cfg.calibrate,
                                   calibration_share=t_cfg.calibration_share)
 
-    return cache.get_or_build(run.teacher_outputs, cache.cache_key(checkpoints, data.fingerprint), build, log)
+    path = run.teacher_outputs.with_suffix(".embedding.safetensors") if embedding else run.teacher_outputs
+    return cache.get_or_build(path, cache.cache_key(checkpoints, data.fingerprint), build, log)
 
 
 def in_sample_confidence(targets: TeacherTargets, data: PreparedData) -> dict[str, float]:

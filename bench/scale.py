@@ -1,0 +1,120 @@
+"""Memory and throughput at scale: peak RSS, disk and rows/s of each command on generated tables.
+
+The table is shaped like the issue's (64 student + 64 privileged float32 columns, one binary task, 10 % labelled
+rows split 80/10/10, the rest unlabelled train rows that are only distilled). Each command runs in its own process
+and its peak RSS comes from ``wait4`` (the kernel's high-water mark of that process alone).
+
+    python bench/scale.py --rows 100000 1000000 [--stages validate fit-teacher distill export predict]
+
+Results go to ``bench/out/scale/results.json`` and are printed as a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+OUT = Path(__file__).parent / "out" / "scale"
+STAGES = ("validate", "fit-teacher", "distill", "export", "predict")
+ROW_GROUP = 65_536
+
+
+def generate(folder: Path, n: int, width: int = 64, seed: int = 0) -> Path:
+    """Write the table in row groups (never the whole table in memory) and its dataset.yaml."""
+    if (folder / "dataset.yaml").exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    w_student, w_priv = rng.normal(size=width) / np.sqrt(width), rng.normal(size=width) / np.sqrt(width)
+    names = [f"x{j}" for j in range(width)] + [f"z{j}" for j in range(width)]
+    schema = pa.schema([("id", pa.string()), ("split", pa.string()), ("label", pa.float64())]
+                       + [(c, pa.float32()) for c in names])
+    with pq.ParquetWriter(folder / "data.parquet", schema) as writer:
+        for start in range(0, n, ROW_GROUP):
+            m = min(ROW_GROUP, n - start)
+            x = rng.normal(size=(m, width)).astype(np.float32)
+            z = (0.6 * x + 0.8 * rng.normal(size=(m, width))).astype(np.float32)
+            logit = x @ w_student + 2.0 * z @ w_priv
+            y = (rng.random(m) < 1 / (1 + np.exp(-logit))).astype(np.float64)
+            u = rng.random(m)
+            split = np.where(u < 0.08, "train", np.where(u < 0.09, "val", np.where(u < 0.10, "test", "train")))
+            label = np.where(u < 0.10, y, np.nan)
+            cols = {"id": pa.array([f"r{start + i}" for i in range(m)]), "split": pa.array(split),
+                    "label": pa.array(label)}
+            cols |= {f"x{j}": pa.array(x[:, j]) for j in range(width)}
+            cols |= {f"z{j}": pa.array(z[:, j]) for j in range(width)}
+            writer.write_table(pa.table(cols, schema=schema))
+    spec = {"format": 1, "name": f"scale-{n}", "table": "data.parquet", "id": "id", "split": "split",
+            "inputs": {"features": ["x*"]}, "privileged": ["z*"],
+            "tasks": [{"name": "y", "type": "binary", "column": "label"}]}
+    (folder / "dataset.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return folder
+
+
+def run(cmd: list[str], log: Path) -> dict:
+    """Run one command in its own process: wall seconds and its peak RSS (``wait4``, that process only)."""
+    start = time.perf_counter()
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "CI": "true"})
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"{' '.join(cmd)} failed; see {log}")
+    return {"wall_s": round(wall, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+
+
+def du(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    ap.add_argument("--keep", action="store_true", help="keep the generated tables and runs")
+    args = ap.parse_args()
+    cpfd = [sys.executable, "-m", "cpfd"]
+    results = json.loads((OUT / "results.json").read_text()) if (OUT / "results.json").exists() else {}
+    for n in args.rows:
+        ds = generate(OUT / f"data-{n}", n)
+        runs = OUT / f"runs-{n}"
+        shutil.rmtree(runs, ignore_errors=True)
+        shutil.rmtree(ds / ".cpfd_cache", ignore_errors=True)
+        runs.mkdir(parents=True)
+        common = ["--set", "train.epochs=1", "--set", "train.min_steps=0"]
+        cmds = {
+            "validate": cpfd + ["validate", str(ds)],
+            "fit-teacher": cpfd + ["fit-teacher", str(ds), "--out", str(runs / "teacher"), *common],
+            "distill": cpfd + ["distill", str(ds), "--teacher", str(runs / "teacher"), "--out", str(runs / "student"),
+                               *common],
+            "export": cpfd + ["export", str(runs / "student"), "--out", str(runs / "bundle")],
+            "predict": cpfd + ["predict", str(runs / "bundle"), str(ds), "--out", str(runs / "pred.parquet")],
+        }
+        row = {"rows": n, "table_mb": round((ds / "data.parquet").stat().st_size / 2**20, 1)}
+        for stage in args.stages:
+            print(f"{n} rows: {stage} ...", flush=True)
+            row[stage] = run(cmds[stage], runs / f"{stage}.log") | {"rows_per_s": None}
+            row[stage]["rows_per_s"] = round(n / row[stage]["wall_s"])
+            print(f"  {row[stage]}", flush=True)
+        row["store_mb"] = round(du(ds / ".cpfd_cache"), 1) if (ds / ".cpfd_cache").exists() else 0.0
+        results[str(n)] = row
+        OUT.mkdir(parents=True, exist_ok=True)
+        (OUT / "results.json").write_text(json.dumps(results, indent=1))
+        if not args.keep:
+            shutil.rmtree(runs, ignore_errors=True)
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
