@@ -309,3 +309,39 @@ def test_long_texts_keep_head_and_tail_and_are_counted(tmp_path):
     data = load_dataset(folder, extract=ExtractConfig(**SMALL), log=logs.append)
     assert data.extraction["text"]["truncated"] == 1 and data.extraction["text"]["texts"] == 8
     assert any("1 of 8 texts are longer than max_tokens=16" in m for m in logs)
+
+
+def test_extracted_store_is_reused_by_fit_teacher_without_encoding(tmp_path, monkeypatch):
+    """`cpfd extract` builds the store; `cpfd fit-teacher` on the same data and settings opens it: no encoder is
+    even built, no clip decoded."""
+    from typer.testing import CliRunner
+
+    from cpfd.cli import app
+    from cpfd.data import embeddings, preprocess
+
+    folder = _video_dataset(tmp_path / "ds", n=12)
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"extract": SMALL, "train": {"epochs": 1, "min_steps": 0},
+                                      "model": {"d_model": 32}}))
+    runner = CliRunner()
+    result = runner.invoke(app, ["extract", str(folder), "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    monkeypatch.setattr(preprocess, "create_encoder", lambda *a, **k: pytest.fail("an encoder was built"))
+    monkeypatch.setattr(embeddings, "decode_media", lambda *a, **k: pytest.fail("a clip was decoded"))
+    result = runner.invoke(app, ["fit-teacher", str(folder), "--config", str(config), "--out", str(tmp_path / "t")])
+    assert result.exit_code == 0, result.output
+    assert "encoded" not in result.output and (tmp_path / "t" / "metrics.json").exists()
+
+
+def test_float16_store_halves_embeddings_and_batches_are_float32(tmp_path):
+    from cpfd.train.batches import RowDataset
+
+    folder = _video_dataset(tmp_path / "ds", n=8)
+    full = load_dataset(folder, extract=ExtractConfig(**SMALL), log=lambda m: None)
+    half = load_dataset(folder, extract=ExtractConfig(**SMALL, store_float16=True), log=lambda m: None)
+    assert half.store != full.store
+    assert half.student_inputs["frames"].dtype == half.student_inputs["text"].dtype == torch.float16
+    assert (half.store / "student.frames.npy").stat().st_size < 0.6 * (full.store / "student.frames.npy").stat().st_size
+    batch = RowDataset(half, np.arange(8)).__getitems__(list(range(8)))["student"]
+    assert batch["frames"].dtype == batch["text"].dtype == torch.float32
+    np.testing.assert_allclose(batch["frames"], full.student_inputs["frames"], rtol=1e-2, atol=1e-3)
