@@ -141,3 +141,12 @@ def test_column_moments_stream_over_blocks_and_ignore_nan(monkeypatch):
     assert std[0].item() == pytest.approx(3.5**0.5)
     assert skew[0].item() == pytest.approx(4.5 / 3.5**1.5, rel=1e-5)
     assert std[1].item() == pytest.approx(np.std([5.0, 5.0, 9.0]))
+
+
+def test_released_pages_keep_in_place_edits(tmp_path):
+    store.write_array(tmp_path, "x", np.arange(4096 * 4, dtype=np.float32))
+    x = store.open_array(tmp_path, "x")
+    x[5] = -1.0  # copy-on-write: the edit lives in this process only
+    store.release_pages([x])
+    assert x[5] == -1.0 and x[6] == 6.0
+    assert np.load(tmp_path / "x.npy")[5] == 5.0

@@ -111,7 +111,8 @@ class PreparedData:
 
     def id_fraction(self) -> np.ndarray:
         """A number in [0, 1) per row from its id alone: stable under row order, sharding and other rows."""
-        return np.array([int(hashlib.sha1(str(i).encode()).hexdigest()[:8], 16) / 2**32 for i in self.ids])
+        return np.fromiter((int(hashlib.sha1(str(i).encode()).hexdigest()[:8], 16) / 2**32 for i in self.ids),
+                           dtype=np.float64, count=len(self.ids))
 
     def calibration_rows(self, share: float) -> np.ndarray:
         """The validation rows held out from teacher selection to fit its temperature (``share`` of them; all of
@@ -188,8 +189,8 @@ def _store_key(spec_path: Path, file_hashes: dict[str, str], spec: DatasetSpec, 
                extract: ExtractConfig | None, decode_check: ExtractConfig | None) -> str:
     h = hashlib.sha256(f"store v{store.STORE_VERSION}\n".encode())
     h.update(spec_path.read_bytes())
-    for file, digest in file_hashes.items():
-        h.update(f"{file}\0{digest}\n".encode())
+    for file, digest in file_hashes.items():  # the same table reached by a relative or absolute path is one store
+        h.update(f"{Path(file).resolve()}\0{digest}\n".encode())
     h.update(f"seed={seed if spec.split is None else '-'} media={on_bad_video}\n".encode())
     h.update(f"extract={extract.model_dump_json() if extract else '-'}\n".encode())
     h.update(f"decode={decode_check.model_dump_json() if decode_check else '-'}\n".encode())
@@ -413,7 +414,7 @@ def _build(spec: DatasetSpec, root: Path, paths: list[Path], folder: Path, seed:
     for writer in writers.values():
         writer.finish()
     meta = {
-        "name": spec.name, "root": str(root), "id_column": spec.id, "files": list(files),
+        "name": spec.name, "root": str(root.resolve()), "id_column": spec.id, "files": list(files),
         "tasks": [{"name": t.name, "type": t.type, "column": t.column, "classes": classes[t.name]} for t in spec.tasks],
         "student_inputs": ["features"] if "student.features" in {w.name for w in writers.values()} else [],
         "feature_names": feature_names, "privileged_names": privileged_cols, "has_groups": bool(spec.group),

@@ -17,6 +17,7 @@ import json
 import mmap
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,6 +28,9 @@ STORE_VERSION = 1
 META = "meta.json"
 COPY_ROWS = 65_536  # rows per copy step when joining or subsetting arrays
 KEEP_STORES = 2  # older stores of the same dataset (same root and name) are deleted beyond this many
+
+
+MADV_PAGEOUT_LINUX = 21  # Linux >= 5.4; Python's mmap module names it only when built against such headers
 
 
 class StoreError(OSError):
@@ -128,7 +132,7 @@ def release_pages(arrays: Iterable[np.ndarray]) -> None:
     """Ask the kernel to drop the resident pages of memory-mapped arrays (they are re-read from disk when touched).
 
     ``MADV_PAGEOUT`` reclaims clean pages and never discards a written one, so copy-on-write edits survive."""
-    advice = getattr(mmap, "MADV_PAGEOUT", None)
+    advice = getattr(mmap, "MADV_PAGEOUT", MADV_PAGEOUT_LINUX if sys.platform.startswith("linux") else None)
     if advice is None:
         return
     for array in arrays:

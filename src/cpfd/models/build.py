@@ -64,22 +64,26 @@ def group_ids(data: PreparedData, groups: dict[str, list[str]] | None) -> list[i
     return [remap[g] for g in ids]
 
 
-def build_teacher(data: PreparedData, cfg: RunConfig) -> nn.Module:
+def build_teacher(data: PreparedData, cfg: RunConfig, fit: bool = True) -> nn.Module:
+    """A new teacher for ``data``; ``fit`` fits its input standardisation on the train rows (a teacher about to
+    load saved weights skips it: the statistics are buffers of the checkpoint)."""
     encoders = build_encoders(data, cfg)
     teacher = Teacher(input_shapes(data, encoders), task_outputs(data), cfg.model, cfg.teacher,
                       len(data.privileged_names), group_ids(data, cfg.teacher.groups))
-    train = torch.from_numpy(data.indices("train"))
-    teacher.trunk.fit_inputs(data.student_inputs, train)
-    if teacher.tower is not None:
-        teacher.tower.fit(data.privileged, train)
+    if fit:
+        train = torch.from_numpy(data.indices("train"))
+        teacher.trunk.fit_inputs(data.student_inputs, train, data.release_pages)
+        if teacher.tower is not None:
+            teacher.tower.fit(data.privileged, train, data.release_pages)
     return EndToEndTeacher(encoders, teacher) if encoders is not None else teacher
 
 
-def build_student(data: PreparedData, cfg: RunConfig) -> nn.Module:
+def build_student(data: PreparedData, cfg: RunConfig, fit: bool = True) -> nn.Module:
+    """A new student for ``data``; ``fit`` as in :func:`build_teacher`."""
     encoders = build_encoders(data, cfg)
     student = Student(input_shapes(data, encoders), task_outputs(data), cfg.model)
-    train = torch.from_numpy(data.indices("train"))
-    student.trunk.fit_inputs(data.student_inputs, train)
+    if fit:
+        student.trunk.fit_inputs(data.student_inputs, torch.from_numpy(data.indices("train")), data.release_pages)
     return EndToEndStudent(encoders, student) if encoders is not None else student
 
 
@@ -103,7 +107,7 @@ def load_teacher(run: RunFolder, data: PreparedData, checkpoint=None) -> nn.Modu
     if trained_on != data.privileged_names:
         raise UsageError(f"{run.path}: teacher was trained on privileged columns {trained_on}, "
                          f"the dataset has {data.privileged_names}")
-    teacher = build_teacher(data, run.config)
+    teacher = build_teacher(data, run.config, fit=False)
     load_weights(teacher, checkpoint or run.best)
     return teacher.eval()
 
@@ -112,7 +116,7 @@ def load_student(run: RunFolder, data: PreparedData) -> nn.Module:
     """Rebuild a student from its run folder; a feature-distillation projector or a synchronous teacher is
     dropped."""
     run = RunFolder(run)
-    student = build_student(data, run.config)
+    student = build_student(data, run.config, fit=False)
     state = load_file(str(run.best))
     if any(k.startswith(("projector.", "teacher.")) for k in state):  # feature-KD projector, synchronous teacher
         state = {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}

@@ -11,26 +11,29 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-BLOCK_ROWS = 65_536
+BLOCK_ROWS = 8_192  # float64 temporaries of a block stay a few MB
 
 
-def _blocks(values: Tensor, rows: Tensor | None):
+def _blocks(values: Tensor, rows: Tensor | None, release: Callable[[], None] | None):
     n = len(values) if rows is None else len(rows)
     for start in range(0, n, BLOCK_ROWS):
         block = values[start : start + BLOCK_ROWS] if rows is None else values[rows[start : start + BLOCK_ROWS]]
         yield block.double()
+        if release is not None:
+            release()
 
 
-def column_moments(values: Tensor, rows: Tensor | None = None,
-                   transform: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def column_moments(values: Tensor, rows: Tensor | None = None, transform: Callable[[Tensor], Tensor] | None = None,
+                   release: Callable[[], None] | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Per-column mean, standard deviation (population) and skewness of ``transform(values[rows])``, ignoring NaN.
 
-    Two passes (mean, then centred powers) in float64 per block; returns float32 tensors."""
+    Two passes (mean, then centred powers) in float64 per block; returns float32 tensors. ``release`` runs after
+    each block (hand the memory-mapped pages read so far back to the kernel)."""
     transform = transform or (lambda x: x)
     width = values.shape[1]
     count = torch.zeros(width, dtype=torch.float64)
     total = torch.zeros(width, dtype=torch.float64)
-    for block in _blocks(values, rows):
+    for block in _blocks(values, rows, release):
         block = transform(block)
         finite = ~torch.isnan(block)
         count += finite.sum(0)
@@ -39,7 +42,7 @@ def column_moments(values: Tensor, rows: Tensor | None = None,
     mean = total / count
     m2 = torch.zeros(width, dtype=torch.float64)
     m3 = torch.zeros(width, dtype=torch.float64)
-    for block in _blocks(values, rows):
+    for block in _blocks(values, rows, release):
         centred = torch.where(torch.isnan(block), 0.0, transform(block) - mean)
         centred = torch.where(torch.isnan(centred), 0.0, centred)
         m2 += (centred**2).sum(0)

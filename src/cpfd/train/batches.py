@@ -14,7 +14,10 @@ from torch.utils.data import Dataset
 from cpfd.data.prepared import PreparedData
 
 
-RELEASE_EVERY = 64  # batches between hand-backs of store pages (see PreparedData.release_pages)
+# Batches between hand-backs of store pages (PreparedData.release_pages); 0: only at the end of each pass. Pages of
+# the memory-mapped store are clean file pages the kernel reclaims under memory pressure; handing them back every 64
+# batches bounded resident memory but halved training speed at 1M rows (re-faulting them, bench/RESULTS.md).
+RELEASE_EVERY = 0
 
 
 def as_model_input(value: torch.Tensor) -> torch.Tensor:
@@ -44,7 +47,7 @@ class RowDataset(Dataset):
         rows = self.indices[torch.as_tensor(positions, dtype=torch.long)]
         d = self.data
         self.fetched += 1
-        if self.fetched % RELEASE_EVERY == 0:
+        if RELEASE_EVERY and self.fetched % RELEASE_EVERY == 0:
             d.release_pages()
         batch = {
             "index": rows,
