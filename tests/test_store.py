@@ -150,3 +150,19 @@ def test_released_pages_keep_in_place_edits(tmp_path):
     store.release_pages([x])
     assert x[5] == -1.0 and x[6] == 6.0
     assert np.load(tmp_path / "x.npy")[5] == 5.0
+
+
+@pytest.mark.parametrize("n,world,epoch", [(10, 1, 0), (10, 3, 2), (7, 4, 1), (3, 8, 5)])
+def test_shuffled_shard_is_distributed_samplers_order(n, world, epoch):
+    from torch.utils.data import DistributedSampler
+
+    from cpfd.train.batches import ShuffledShard
+
+    for rank in range(world):
+        reference = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=7)
+        reference.set_epoch(epoch)
+        mine = ShuffledShard(n, world, rank, seed=7)
+        mine.set_epoch(epoch)
+        assert list(mine) == list(reference) and len(mine) == len(reference)
+        rest = mine.skipping(2)
+        assert list(rest) == list(reference)[2:] and len(rest) == max(len(reference) - 2, 0)

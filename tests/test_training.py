@@ -156,12 +156,15 @@ def test_online_teacher_matches_cached_teacher(fitted):
 def test_ddp_two_cpu_processes(tmp_path, launcher):
     ds = make_dataset(tmp_path / "ds", n=200)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
-    args = ["distill", str(ds), "--method", "none", "--out", str(tmp_path / "ddp"), "--epochs", "4",
-            "--set", "train.progress=false", "--set", "train.min_steps=0", "--set", "train.lr=0.003"]
+    # 120 train rows: 2 ranks x 60 rows in batches of 30, i.e. a global batch of 60 and 2 steps per epoch.
+    args = ["distill", str(ds), "--method", "none", "--out", str(tmp_path / "ddp"), "--epochs", "8",
+            "--set", "train.progress=false", "--set", "train.min_steps=0", "--set", "train.lr=0.01",
+            "--set", "train.min_batches_per_epoch=2", "--set", "train.patience_steps=1000"]
     if launcher == "fabric":
-        cmd = [sys.executable, "-m", "cpfd", *args, "--devices", "2"]
+        cmd = [sys.executable, "-m", "cpfd", *args, "--set", "train.batch_size=30", "--devices", "2"]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "cpfd", *args]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "cpfd", *args,
+               "--set", "train.batch_size=30"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     history = json.loads((tmp_path / "ddp" / "history.json").read_text())
@@ -170,6 +173,19 @@ def test_ddp_two_cpu_processes(tmp_path, launcher):
     losses = [h["train/loss"] for h in history["epochs"]]
     assert losses[-1] < losses[0]
     assert np.isfinite(json.loads((tmp_path / "ddp" / "metrics.json").read_text())["test"]["mean_f1"])
+    # The same run in one process (same global batch, rows from the same memory-mapped store): the validation
+    # loss curve matches within tolerance (the row order differs, so not exactly).
+    single = [a.replace(str(tmp_path / "ddp"), str(tmp_path / "single")) for a in args]
+    proc = subprocess.run([sys.executable, "-m", "cpfd", *single, "--set", "train.batch_size=60"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = json.loads((tmp_path / "single" / "history.json").read_text())
+    assert history["budget"]["steps_per_epoch"] == one["budget"]["steps_per_epoch"] == 2
+    ddp_val = np.array([h["val/loss"] for h in history["epochs"]])
+    one_val = np.array([h["val/loss"] for h in one["epochs"]])
+    assert len(ddp_val) == len(one_val) == 8
+    assert one_val[0] - one_val.min() > 0.05, "the curve must move for the comparison to mean anything"
+    np.testing.assert_allclose(ddp_val, one_val, rtol=0.1)
 
 
 def test_budget_rule_by_hand():

@@ -345,3 +345,43 @@ def test_float16_store_halves_embeddings_and_batches_are_float32(tmp_path):
     batch = RowDataset(half, np.arange(8)).__getitems__(list(range(8)))["student"]
     assert batch["frames"].dtype == batch["text"].dtype == torch.float32
     np.testing.assert_allclose(batch["frames"], full.student_inputs["frames"], rtol=1e-2, atol=1e-3)
+
+
+def _shard_files(cache: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in cache.glob("*-*/shard-*.parquet")}
+
+
+def test_sharded_extraction_equals_one_process_and_the_build_encodes_nothing(tmp_path):
+    from cpfd.data import encode_share
+
+    folder = _video_dataset(tmp_path / "ds", n=10)
+    shared = ExtractConfig(**SMALL, cache_dir=str(tmp_path / "shared"))
+    assert encode_share(folder, shared, 0, 2, log=lambda m: None) == 5
+    assert encode_share(folder, shared, 1, 2, log=lambda m: None) == 5
+    assert not list((tmp_path / "shared").glob("store/*/meta.json")), "a share never builds the store"
+    shards = _shard_files(tmp_path / "shared")
+    logs: list[str] = []
+    data = load_dataset(folder, extract=shared, log=logs.append)
+    assert _shard_files(tmp_path / "shared") == shards, "the build encoded rows again"
+    assert any("reusing 10 cached clips" in m for m in logs) and not any("encoded" in m for m in logs)
+    alone = load_dataset(folder, extract=ExtractConfig(**SMALL, cache_dir=str(tmp_path / "alone")), log=lambda m: None)
+    for name in ("frames", "text", "text_mask"):
+        np.testing.assert_allclose(data.student_inputs[name], alone.student_inputs[name], atol=1e-5, err_msg=name)
+    assert list(data.ids) == list(alone.ids) and data.fingerprint == alone.fingerprint
+
+
+@pytest.mark.slow
+def test_extract_with_two_ranks_builds_the_store_from_their_shares(tmp_path):
+    folder = _video_dataset(tmp_path / "ds", n=10)
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"extract": {**SMALL, "cache_dir": str(tmp_path / "shared")}}))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
+    done = subprocess.run([sys.executable, "-m", "cpfd", "extract", str(folder), "--config", str(config),
+                           "--devices", "2"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "10 rows ready" in done.stdout
+    shards = _shard_files(tmp_path / "shared")
+    assert len([p for p in shards if "frames-" in str(p)]) >= 2  # each rank wrote its own shards
+    logs: list[str] = []
+    load_dataset(folder, extract=ExtractConfig(**{**SMALL, "cache_dir": str(tmp_path / "shared")}), log=logs.append)
+    assert _shard_files(tmp_path / "shared") == shards and not any("encoded" in m for m in logs)

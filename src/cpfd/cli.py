@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from enum import Enum
 from importlib.metadata import PackageNotFoundError, version as package_version
@@ -347,19 +348,57 @@ def report(
     _show_report(data, results, folder, write_report)
 
 
+def _parse_shard(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        k, n = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise typer.BadParameter(f"--shard takes K/N (e.g. 0/4), not {value!r}") from None
+    if not 0 <= k < n:
+        raise typer.BadParameter(f"--shard {value}: K must be in 0..N-1")
+    return k, n
+
+
 @command()
 def extract(
     dataset: DatasetArg,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     on_bad_video: BadVideoOpt = BadMedia.fail,
+    devices: DevicesOpt = None,
+    shard: Annotated[Optional[str], typer.Option(
+        help="K/N: encode only rows K, K+N, ... into the cache (one of N independent jobs sharing the cache "
+             "folder); a final run without --shard builds the store without encoding")] = None,
 ) -> None:
-    """Decode videos/frames and encode frames and text with the frozen encoders into the embedding cache.
+    """Decode videos/frames and encode frames and text with the frozen encoders into the embedding cache, then
+    build the dataset store every later command memory-maps.
 
-    Training commands do this themselves; running it alone warms the cache (resumable if interrupted)."""
-    data = _load(dataset, on_bad_video, _config(config, set_))
+    Training commands do this themselves; running it alone warms the cache (resumable if interrupted). With
+    --devices N (or under torchrun, on one or many machines sharing the cache folder) each rank encodes its share
+    of the rows, and rank 0 builds the store once all shares are in."""
+    from cpfd.data import encode_share
+
+    cfg = _config(config, set_, **{"train.devices": devices})
+    part = _parse_shard(shard)
+    if part is not None:
+        n = encode_share(dataset, cfg.extract, *part, on_bad_video=BadMedia(on_bad_video).value, log=_log)
+        out.print(f"shard {part[0]}/{part[1]}: {n} rows encoded or found in the cache", highlight=False)
+        return
+    distributed = cfg.train.devices > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        from cpfd.train.loop import make_fabric
+
+        fabric = make_fabric(cfg.train)
+        encode_share(dataset, cfg.extract, fabric.global_rank, fabric.world_size,
+                     on_bad_video=BadMedia(on_bad_video).value, log=fabric.print)
+        fabric.barrier()
+        if not fabric.is_global_zero:
+            return
+    data = _load(dataset, on_bad_video, cfg)
     shapes = {k: tuple(v.shape) for k, v in data.student_inputs.items()}
-    out.print(f"{len(data)} rows ready; student inputs {shapes}; skipped {len(data.skipped)}", highlight=False)
+    out.print(f"{len(data)} rows ready in {data.store}; student inputs {shapes}; skipped {len(data.skipped)}",
+              highlight=False)
 
 
 @command()

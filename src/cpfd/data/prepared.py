@@ -42,7 +42,7 @@ from cpfd.data.table import SOURCE_FILE, SOURCE_ROW, expand_columns, iter_table,
 from cpfd.io import file_sha256
 from cpfd.task_types import TaskType, class_name, is_missing, natural_order, task_type
 
-__all__ = ["PreparedData", "TaskInfo", "SkippedRow", "load_dataset"]
+__all__ = ["PreparedData", "TaskInfo", "SkippedRow", "encode_share", "load_dataset"]
 
 SPLIT_CODES = {name: k for k, name in enumerate(SPLITS)}
 
@@ -238,6 +238,35 @@ def load_dataset(folder: str | Path, seed: int = 0, on_bad_video: str = "fail", 
         shutil.rmtree(building, ignore_errors=True)
         raise
     return _open(final, store.find(cache, key)[1])
+
+
+def encode_share(folder: str | Path, extract: ExtractConfig, rank: int, world: int, seed: int = 0,
+                 on_bad_video: str = "fail", log=print) -> int:
+    """Encode one rank's share of the dataset (rows ``rank``, ``rank + world``, ...) into the embedding cache.
+
+    Ranks on one or many machines that share the cache folder each run this (``cpfd extract --devices N``, under
+    torchrun, or ``--shard K/N`` as separate jobs); every rank's clips land in its own cache shards, and an
+    interrupted rank resumes where it stopped. The store is then built from the cache without encoding anything.
+    OCR is read at that final build (its cache is one file). Returns the number of rows in this share."""
+    spec, root = load_spec(folder)
+    paths = table_files(root, spec.table, spec.allow_outside)
+    cache = default_cache(root, extract)
+    scratch = store.begin(cache)
+    try:
+        meta, media, texts = _build(spec, root, paths, scratch, seed, on_bad_video, log)
+        share = np.arange(rank, len(media if media is not None else texts or []), world)
+        ids = store.open_array(scratch, "ids")[share].tolist()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if extract.end_to_end:
+        return 0  # nothing is cached in end-to-end mode
+    pre = Preprocessor(extract)
+    if media is not None:
+        rows = [MediaRow(int(i), row_id, root / media[i], meta["media_kind"]) for i, row_id in zip(share, ids)]
+        extract_frames(rows, pre, cache, log)
+    if texts is not None and not extract.ocr:
+        extract_text([texts[i] for i in share], pre, cache)
+    return len(share)
 
 
 def _fingerprint(spec_path: Path, file_hashes: dict[str, str], folder: Path) -> str:

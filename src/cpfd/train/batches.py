@@ -7,9 +7,11 @@ are not batch fields of the dataset: the :class:`~cpfd.distill.task.DistillTask`
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from cpfd.data.prepared import PreparedData
 
@@ -63,3 +65,40 @@ class RowDataset(Dataset):
 def passthrough(batch: dict) -> dict:
     """Collate for :class:`RowDataset`, whose ``__getitems__`` already returns a batch."""
     return batch
+
+
+class ShuffledShard(Sampler):
+    """This rank's shuffled positions for one epoch, the order of ``DistributedSampler(shuffle=True)`` exactly,
+    without its first ``skip`` positions (a resumed epoch's remainder).
+
+    ``DistributedSampler`` turns the permutation into a Python list (about 36 bytes a row: 110 MB at 3M rows); here
+    it stays an int64 tensor and positions are handed out a block at a time."""
+
+    BLOCK = 65_536
+
+    def __init__(self, n: int, world_size: int = 1, rank: int = 0, seed: int = 0, skip: int = 0):
+        self.n, self.world_size, self.rank, self.seed, self.skip = n, world_size, rank, seed, skip
+        self.epoch = 0
+        self.per_rank = math.ceil(n / world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def skipping(self, skip: int) -> "ShuffledShard":
+        other = ShuffledShard(self.n, self.world_size, self.rank, self.seed, skip)
+        other.epoch = self.epoch
+        return other
+
+    def __iter__(self):
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        perm = torch.randperm(self.n, generator=g)
+        total = self.per_rank * self.world_size
+        if total > self.n:  # pad by repeating the permutation, as DistributedSampler does
+            perm = torch.cat([perm, perm.repeat(math.ceil((total - self.n) / self.n))[: total - self.n]])
+        mine = perm[self.rank : total : self.world_size][self.skip :]
+        for block in mine.split(self.BLOCK):
+            yield from block.tolist()
+
+    def __len__(self) -> int:
+        return max(self.per_rank - self.skip, 0)

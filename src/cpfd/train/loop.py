@@ -5,14 +5,14 @@ Single process on the CPU by default. The same code runs data-parallel::
     cpfd distill DATA --teacher runs/teacher --out runs/cpfd --devices 2            # Fabric starts 2 processes
     torchrun --nproc_per_node 2 -m cpfd distill DATA --teacher runs/teacher ...      # or torchrun, multi-node too
 
-Rows are sharded with a seeded ``DistributedSampler`` (also with one process, so shuffling is identical and a
-resumed run replays exactly). Only rank 0 logs and writes checkpoints. Every rank scores the small validation
+Rows are sharded in ``DistributedSampler``'s seeded order (:class:`~cpfd.train.batches.ShuffledShard`, also with
+one process, so shuffling is identical and a resumed run replays exactly); each rank gathers its rows from the
+memory-mapped store. Only rank 0 logs and writes checkpoints. Every rank scores the small validation
 split itself, so all ranks take the same early-stopping decision without talking to each other.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import sys
@@ -24,7 +24,7 @@ import torch
 from lightning_fabric import Fabric
 from lightning_fabric.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from cpfd.config import TrainConfig
@@ -33,26 +33,12 @@ from cpfd.distill.task import DistillTask
 from cpfd.evaluate.evaluation import evaluate_logits
 from cpfd.io import atomic_write_json, load_weights, save_weights
 from cpfd.runs import RunFolder
-from cpfd.train.batches import RowDataset, passthrough
+from cpfd.train.batches import RowDataset, ShuffledShard, passthrough
 from cpfd.train.budget import plan_budget
 
 from cpfd.train.checkpoint import load_training_state, save_training_state
 
 LOG_EVERY_S = 30.0
-
-
-class SkipFirst(torch.utils.data.Sampler):
-    """``sampler``'s order for this epoch without its first ``skip`` indices (a resumed epoch's remainder)."""
-
-    def __init__(self, sampler: DistributedSampler, skip: int):
-        self.sampler, self.skip = sampler, skip
-
-    def __iter__(self):
-        return itertools.islice(iter(self.sampler), self.skip, None)
-
-    def __len__(self) -> int:
-        return max(len(self.sampler) - self.skip, 0)
-
 
 
 @dataclass
@@ -81,6 +67,9 @@ def make_fabric(cfg: TrainConfig) -> Fabric:
     return fabric
 
 
+RELEASE_EVERY_PREDICT = 16  # batches of an inference pass between hand-backs of the store pages read
+
+
 @torch.no_grad()
 def predict(model: nn.Module, data: PreparedData, indices: np.ndarray, with_privileged: bool = False,
             batch_size: int = 1024, progress: str | None = None, with_embedding: bool = False) -> dict:
@@ -107,6 +96,8 @@ def predict(model: nn.Module, data: PreparedData, indices: np.ndarray, with_priv
         if progress is not None and not on_terminal and time.monotonic() - last_line >= LOG_EVERY_S:
             print(f"{progress}: {start + len(batch['index'])}/{len(indices)} rows", file=sys.stderr, flush=True)
             last_line = time.monotonic()
+        if (start // batch_size) % RELEASE_EVERY_PREDICT == RELEASE_EVERY_PREDICT - 1:
+            data.release_pages()  # a pass in row order never comes back to the pages behind it
         if with_privileged:
             out = model(**batch["student"], privileged=batch["privileged"])
         else:
@@ -175,14 +166,12 @@ def fit(fabric: Fabric, task: DistillTask, data: PreparedData, train_idx: np.nda
     with_privileged = task.needs_privileged
 
     dataset = RowDataset(data, train_idx, with_privileged=with_privileged)
-    sampler = DistributedSampler(
-        dataset, num_replicas=fabric.world_size, rank=fabric.global_rank, shuffle=True, seed=cfg.seed
-    )
+    sampler = ShuffledShard(len(dataset), fabric.world_size, fabric.global_rank, cfg.seed)
 
     def loader(skip_batches: int) -> DataLoader:
         # Its own generator: creating an iterator draws a seed, which must not shift the global RNG that dropout
         # uses (a mid-epoch resume creates it at another point of that stream than the uninterrupted run).
-        return DataLoader(dataset, batch_size=budget.batch_size, sampler=SkipFirst(sampler, skip_batches * budget.batch_size),
+        return DataLoader(dataset, batch_size=budget.batch_size, sampler=sampler.skipping(skip_batches * budget.batch_size),
                           collate_fn=passthrough, num_workers=cfg.num_workers,
                           generator=torch.Generator().manual_seed(cfg.seed))
 
