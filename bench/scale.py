@@ -4,7 +4,8 @@ The table is shaped like the issue's (64 student + 64 privileged float32 columns
 rows split 80/10/10, the rest unlabelled train rows that are only distilled). Each command runs in its own process
 and its peak RSS comes from ``wait4`` (the kernel's high-water mark of that process alone).
 
-    python bench/scale.py --rows 100000 1000000 [--stages validate fit-teacher distill export predict]
+    python bench/scale.py --rows 100000 1000000 3000000 --keep
+    python bench/scale.py --rows 1000000 --stages predict --predict-sweep   # predict's default vs other chunks
 
 Results go to ``bench/out/scale/results.json`` and are printed as a table.
 """
@@ -28,6 +29,7 @@ import yaml
 
 OUT = Path(__file__).parent / "out" / "scale"
 STAGES = ("validate", "fit-teacher", "distill", "export", "predict")
+SWEEP = (1024, 8192, 65536)  # --batch-rows tried by --predict-sweep beside the default
 ROW_GROUP = 65_536
 
 
@@ -109,15 +111,19 @@ def main() -> None:
     ap.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     ap.add_argument("--keep", action="store_true", help="keep the generated tables and runs")
+    ap.add_argument("--predict-sweep", action="store_true",
+                    help=f"also time predict with --batch-rows {SWEEP} (needs the bundle of a --keep run)")
     args = ap.parse_args()
     cpfd = [sys.executable, "-m", "cpfd"]
     results = json.loads((OUT / "results.json").read_text()) if (OUT / "results.json").exists() else {}
     for n in args.rows:
         ds = generate(OUT / f"data-{n}", n)
         runs = OUT / f"runs-{n}"
-        shutil.rmtree(runs, ignore_errors=True)
-        shutil.rmtree(ds / ".cpfd_cache", ignore_errors=True)
-        runs.mkdir(parents=True)
+        if "fit-teacher" in args.stages:  # a fresh pipeline; stages alone reuse the kept runs
+            shutil.rmtree(runs, ignore_errors=True)
+        if "validate" in args.stages:
+            shutil.rmtree(ds / ".cpfd_cache", ignore_errors=True)
+        runs.mkdir(parents=True, exist_ok=True)
         common = ["--set", "train.epochs=1", "--set", "train.min_steps=0"]
         cmds = {
             "validate": cpfd + ["validate", str(ds)],
@@ -133,8 +139,13 @@ def main() -> None:
             row[stage] = run(cmds[stage], runs / f"{stage}.log") | {"rows_per_s": None}
             row[stage]["rows_per_s"] = round(n / row[stage]["wall_s"])
             print(f"  {row[stage]}", flush=True)
+        if args.predict_sweep:
+            for rows in SWEEP:
+                print(f"{n} rows: predict --batch-rows {rows} ...", flush=True)
+                row[f"predict@{rows}"] = run(cmds["predict"] + ["--batch-rows", str(rows)], runs / f"predict-{rows}.log")
+                print(f"  {row[f'predict@{rows}']}", flush=True)
         row["store_mb"] = round(du(ds / ".cpfd_cache"), 1) if (ds / ".cpfd_cache").exists() else 0.0
-        results[str(n)] = row
+        results[str(n)] = {**results.get(str(n), {}), **row}
         OUT.mkdir(parents=True, exist_ok=True)
         (OUT / "results.json").write_text(json.dumps(results, indent=1))
         if not args.keep:

@@ -317,3 +317,27 @@ def test_resume_continues_inside_an_epoch(fitted, monkeypatch):
     assert all(torch.equal(a[k], b[k]) for k in a)
     history = json.loads((root / "mid_resumed" / "history.json").read_text())["epochs"]
     assert [h["epoch"] for h in history] == [0, 1] and history[-1]["step"] == 2 * steps_per_epoch
+
+
+@pytest.mark.slow
+def test_ddp_teacher_outputs_are_scored_in_rank_shares(tmp_path):
+    """fit-teacher on 2 processes: each rank scores half the rows into its part file and rank 0 assembles them;
+    the cached logits equal one process scoring every row with the same checkpoint (and folds)."""
+    from cpfd.distill.targets import load_targets
+    from cpfd.runs import RunFolder
+    from cpfd.train.teacher_outputs import raw_outputs
+
+    ds = make_dataset(tmp_path / "ds", n=200, n_unlabelled=40)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
+    proc = subprocess.run([sys.executable, "-m", "cpfd", "fit-teacher", str(ds), "--out", str(tmp_path / "t"),
+                           "--devices", "2", "--epochs", "2", "--oof-folds", "2", "--set", "train.min_steps=0",
+                           "--set", "train.progress=false"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "assembled from 2 rank shares" in proc.stdout + proc.stderr
+    run = RunFolder(tmp_path / "t")
+    assert not list(run.teacher_outputs.parent.glob("*.rank*of*")), "the part files are removed once assembled"
+    cached = load_targets(run.teacher_outputs).logits
+    data = load_dataset(ds)
+    alone, _ = raw_outputs(run, data)
+    for task, z in alone.items():
+        torch.testing.assert_close(cached[task], z, atol=1e-5, rtol=1e-5)

@@ -423,13 +423,17 @@ def _build(spec: DatasetSpec, root: Path, paths: list[Path], folder: Path, seed:
 
     labelled = np.concatenate(labelled_parts)
     if spec.split:
-        split = np.asarray(SPLITS, dtype=object)[np.minimum(np.concatenate(split_codes), len(SPLITS) - 1)]
+        codes = np.minimum(np.concatenate(split_codes), len(SPLITS) - 1)
     else:
-        split = seeded_split(len(labelled), labelled, seed)
+        seeded = seeded_split(len(labelled), labelled, seed)
+        codes = np.zeros(len(seeded), dtype=np.uint8)
+        for name, code in SPLIT_CODES.items():
+            codes[seeded == name] = code
+        del seeded
         for spec_task in spec.tasks:
-            _train_values_from_parts(writers, spec_task.name, split, train_values[spec_task.name])
-    for name in SPLITS:
-        if not np.any((split == name) & labelled):
+            _train_values_from_parts(writers, spec_task.name, codes, train_values[spec_task.name])
+    for name, code in SPLIT_CODES.items():
+        if not np.any((codes == code) & labelled):
             problems.file(yaml_file, f"split {name!r} has no labelled rows", spec.split)
     for spec_task in spec.tasks:
         kind = task_type(spec_task.type)
@@ -439,7 +443,7 @@ def _build(spec: DatasetSpec, root: Path, paths: list[Path], folder: Path, seed:
             problems.file(yaml_file, f"task {spec_task.name!r}{kind.single_class_message}", spec_task.column)
     problems.raise_any()
 
-    store.write_array(folder, "split", split.astype(str))
+    store.write_codes(folder, "split", codes, SPLITS)
     for writer in writers.values():
         writer.finish()
     meta = {
@@ -459,13 +463,13 @@ def _remember_values(seen: list[np.ndarray], values: np.ndarray) -> None:
         seen.append(np.unique(values, axis=0)[:4096])
 
 
-def _train_values_from_parts(writers: dict[str, store.ArrayWriter], task: str, split: np.ndarray,
+def _train_values_from_parts(writers: dict[str, store.ArrayWriter], task: str, split: np.ndarray,  # codes
                              seen: list[np.ndarray]) -> None:
     """Train label values when the split is drawn after the pass (seeded): read back from the written parts."""
     start = 0
     for y_part, m_part in zip(writers[f"label.{task}"].parts, writers[f"mask.{task}"].parts):
         y, m = np.load(y_part), np.load(m_part)
-        train = m & (split[start : start + len(y)] == "train")
+        train = m & (split[start : start + len(y)] == SPLIT_CODES["train"])
         _remember_values(seen, y[train])
         start += len(y)
 
@@ -473,14 +477,12 @@ def _train_values_from_parts(writers: dict[str, store.ArrayWriter], task: str, s
 def _check_duplicate_ids(hashes: np.ndarray, folder: Path, files: dict[str, int], id_column: str,
                          problems: _Problems) -> None:
     """Duplicate ids through their 64-bit hashes; candidates are confirmed on the ids themselves."""
-    order = np.argsort(hashes, kind="stable")
-    sorted_h = hashes[order]
-    same = np.zeros(len(hashes), dtype=bool)
-    same[1:] = sorted_h[1:] == sorted_h[:-1]
-    same[:-1] |= same[1:].copy()
-    candidates = np.sort(order[same & (sorted_h != 0)])
-    if not len(candidates):
+    sorted_h = np.sort(hashes)
+    repeated = np.unique(sorted_h[1:][(sorted_h[1:] == sorted_h[:-1]) & (sorted_h[1:] != 0)])
+    del sorted_h
+    if not len(repeated):
         return
+    candidates = np.flatnonzero(np.isin(hashes, repeated))
     ids = store.open_array(folder, "ids")
     values = pd.Series(ids[candidates].tolist())
     dup = candidates[values.duplicated(keep=False).to_numpy()]

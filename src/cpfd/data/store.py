@@ -105,6 +105,16 @@ def write_array(folder: Path, name: str, values: np.ndarray) -> Path:
     return path
 
 
+def write_codes(folder: Path, name: str, codes: np.ndarray, names: tuple[str, ...]) -> Path:
+    """A string array written block by block from small integer codes (``names[code]``), never whole in memory."""
+    values = np.asarray(names, dtype=str)
+    path = folder / f"{name}.npy"
+    with _NpyFile(path, values.dtype, (len(codes),)) as out:
+        for start in range(0, len(codes), COPY_ROWS):
+            out.write(values[codes[start : start + COPY_ROWS]])
+    return path
+
+
 def open_array(folder: Path, name: str) -> np.ndarray:
     """A memory-mapped view of one stored array (copy-on-write: in-place edits never reach the file)."""
     path = folder / f"{name}.npy"

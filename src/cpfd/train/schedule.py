@@ -37,7 +37,7 @@ from cpfd.models.synchronous import SynchronousPair
 from cpfd.runs import RunFolder
 from cpfd.train.loop import fit, predict, unwrap
 from cpfd.train.teacher_kinds import fit_gbdt, import_outputs
-from cpfd.train.teacher_outputs import fold_logits, teacher_report, teacher_targets
+from cpfd.train.teacher_outputs import fold_logits, teacher_report, teacher_targets, write_output_share
 
 Log = Callable[[str], None]
 
@@ -154,6 +154,10 @@ def fit_teacher(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, res
         fit_teacher(data, r_cfg, run.reference.path, fabric, resume=resume, log=log,
                     extra={"teacher_kind": "reference"}, force=force)
     metrics = {}
+    if cfg.teacher.kind == "neural" and fabric.world_size > 1:
+        # Every rank scores its share of the rows; rank 0 assembles them into the cache.
+        write_output_share(run, data, fabric.global_rank, fabric.world_size, log)
+        fabric.barrier()
     if fabric.is_global_zero:
         metrics = teacher_report(data, teacher_targets(run, data, log)) | summary
         atomic_write_json(run.metrics_file, metrics)

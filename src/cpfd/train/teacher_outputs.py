@@ -28,19 +28,62 @@ Log = Callable[[str], None]
 
 
 def neural_outputs(teacher: nn.Module, data: PreparedData, folds: list[tuple[nn.Module, np.ndarray]] | None = None,
-                   embedding: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-    """Teacher logits (and fused embedding when ``embedding``) for every row; fold teachers overwrite their
-    held-out rows."""
-    out = predict(teacher, data, np.arange(len(data)), with_privileged=True, progress="teacher outputs",
-                  with_embedding=embedding)
-    for k, (fold_teacher, rows) in enumerate(folds or []):
-        fold_out = predict(fold_teacher, data, rows, with_privileged=True, progress=f"fold teacher {k + 1} outputs",
-                           with_embedding=embedding)
+                   embedding: bool = False, rows: np.ndarray | None = None
+                   ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """Teacher logits (and fused embedding when ``embedding``) for every row, or only ``rows`` (zeros elsewhere);
+    fold teachers overwrite their held-out rows."""
+    rows = np.arange(len(data)) if rows is None else rows
+    out = predict(teacher, data, rows, with_privileged=True, progress="teacher outputs", with_embedding=embedding)
+    for k, (fold_teacher, held_out) in enumerate(folds or []):
+        held_out = np.intersect1d(held_out, rows)
+        fold_out = predict(fold_teacher, data, held_out, with_privileged=True,
+                           progress=f"fold teacher {k + 1} outputs", with_embedding=embedding)
+        rows_k = held_out
         for task in out["logits"]:
-            out["logits"][task][rows] = fold_out["logits"][task][rows]
+            out["logits"][task][rows_k] = fold_out["logits"][task][rows_k]
         if embedding:
-            out["embedding"][rows] = fold_out["embedding"][rows]
+            out["embedding"][rows_k] = fold_out["embedding"][rows_k]
     return out["logits"], out["embedding"]
+
+
+def _share_path(run: RunFolder, rank: int, world: int):
+    return run.teacher_outputs.with_name(f"teacher_outputs.rank{rank}of{world}.safetensors")
+
+
+def write_output_share(run: RunFolder, data: PreparedData, rank: int, world: int, log: Log = print) -> None:
+    """One rank's share of a neural teacher's raw logits (rows ``rank``, ``rank + world``, ...) as a part file of
+    its own, keyed like the cache; a rank whose part is already there (a resumed job) skips its pass. Rank 0 then
+    assembles the parts (:func:`teacher_targets`)."""
+    run = RunFolder(run)
+    key = cache.cache_key(run.teacher_checkpoints(), data.fingerprint)
+    path = _share_path(run, rank, world)
+    if cache.cached_key(path) == key:
+        log(f"teacher outputs: rank {rank} share already in {path}")
+        return
+    rows = np.arange(rank, len(data), world)
+    fold_teachers = [(load_teacher(run, data, run.fold(k).best), held) for k, held in enumerate(_fold_rows(run, data))]
+    logits, _ = neural_outputs(load_teacher(run, data), data, fold_teachers, rows=rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cache.save_targets(path, TeacherTargets({t: z[rows] for t, z in logits.items()}, None, {}), key)
+
+
+def _assembled_shares(run: RunFolder, data: PreparedData, key: str, log: Log) -> dict[str, torch.Tensor] | None:
+    """The raw logits put together from every rank's part file, or None when a complete, current set is missing."""
+    for path in sorted(run.teacher_outputs.parent.glob("teacher_outputs.rank0of*.safetensors")):
+        world = int(path.name.split("of")[1].split(".")[0])
+        parts = [_share_path(run, r, world) for r in range(world)]
+        if not all(cache.cached_key(p) == key for p in parts):
+            continue
+        logits = {t.name: torch.zeros(len(data), t.n_outputs) for t in data.tasks}
+        for rank, part in enumerate(parts):
+            share = cache.load_targets(part).logits
+            for task in logits:
+                logits[task][rank::world] = share[task]
+        log(f"teacher outputs: assembled from {world} rank shares")
+        for part in parts:
+            part.unlink()
+        return logits
+    return None
 
 
 def calibrated_targets(data: PreparedData, logits: dict[str, torch.Tensor], embedding: torch.Tensor,
@@ -113,13 +156,16 @@ def teacher_targets(run: RunFolder, data: PreparedData, log: Log = print, embedd
     run = RunFolder(run)
     checkpoints = run.teacher_checkpoints()
 
+    key = cache.cache_key(checkpoints, data.fingerprint)
+
     def build() -> TeacherTargets:
         t_cfg = run.config.teacher
-        return calibrated_targets(data, *raw_outputs(run, data, embedding), calibrate=t_cfg.calibrate,
-                                  calibration_share=t_cfg.calibration_share)
+        shares = None if embedding else _assembled_shares(run, data, key, log)
+        raw = (shares, None) if shares is not None else raw_outputs(run, data, embedding)
+        return calibrated_targets(data, *raw, calibrate=t_cfg.calibrate, calibration_share=t_cfg.calibration_share)
 
     path = run.teacher_outputs.with_suffix(".embedding.safetensors") if embedding else run.teacher_outputs
-    return cache.get_or_build(path, cache.cache_key(checkpoints, data.fingerprint), build, log)
+    return cache.get_or_build(path, key, build, log)
 
 
 def in_sample_confidence(targets: TeacherTargets, data: PreparedData) -> dict[str, float]:
