@@ -166,3 +166,18 @@ def test_shuffled_shard_is_distributed_samplers_order(n, world, epoch):
         assert list(mine) == list(reference) and len(mine) == len(reference)
         rest = mine.skipping(2)
         assert list(rest) == list(reference)[2:] and len(rest) == max(len(reference) - 2, 0)
+
+
+def test_jsonl_chunk_without_an_optional_key_reads_it_as_missing(tmp_path, monkeypatch):
+    import json
+
+    folder = make_dataset(tmp_path / "ds", n=60, fmt="jsonl")
+    rows = [json.loads(line) for line in (folder / "data.jsonl").read_text().splitlines()]
+    for row in rows[16:32]:  # the whole second chunk leaves the label out
+        row.pop("category")
+    (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(prepared, "iter_table", lambda paths, chunk_rows=0, columns=None:
+                        table.iter_table(paths, 16, columns))
+    data = load_dataset(folder)
+    mask = data.label_mask["category"].numpy()
+    assert not mask[16:32].any() and mask[:16].all() and mask[32:].all()

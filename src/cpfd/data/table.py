@@ -90,6 +90,7 @@ def iter_table(paths: list[Path], chunk_rows: int = CHUNK_ROWS, columns: list[st
     At most ``chunk_rows`` rows of the table are in memory at once. Every file must have the first file's columns
     (``columns`` reads only those). A parser failure is reported against its file."""
     expected: set[str] | None = None
+    order: list[str] = []
     for path in paths:
         offset = 0
         try:

@@ -170,7 +170,7 @@ def teacher_targets(run: RunFolder, data: PreparedData, log: Log = print, embedd
 
 def in_sample_confidence(targets: TeacherTargets, data: PreparedData) -> dict[str, float]:
     """Mean calibrated teacher probability of the true class on labelled train rows (a reliability diagnostic)."""
-    rows = torch.from_numpy(data.indices("train"))
+    rows = torch.from_numpy(data.indices("train", labelled_only=True))
     out = {}
     for task in data.tasks:
         mask = data.label_mask[task.name][rows]
