@@ -181,3 +181,12 @@ def test_jsonl_chunk_without_an_optional_key_reads_it_as_missing(tmp_path, monke
     data = load_dataset(folder)
     mask = data.label_mask["category"].numpy()
     assert not mask[16:32].any() and mask[:16].all() and mask[32:].all()
+
+
+def test_store_key_ignores_how_extraction_runs_but_not_what_it_makes():
+    from cpfd.config import ExtractConfig
+
+    base = prepared._semantic(ExtractConfig())
+    assert prepared._semantic(ExtractConfig(workers=7, batch_size=3, shard_size=5, device="cuda")) == base
+    assert prepared._semantic(ExtractConfig(max_tokens=16)) != base
+    assert prepared._semantic(ExtractConfig(store_float16=True)) != base

@@ -311,24 +311,26 @@ def test_long_texts_keep_head_and_tail_and_are_counted(tmp_path):
     assert any("1 of 8 texts are longer than max_tokens=16" in m for m in logs)
 
 
-def test_extracted_store_is_reused_by_fit_teacher_without_encoding(tmp_path, monkeypatch):
-    """`cpfd extract` builds the store; `cpfd fit-teacher` on the same data and settings opens it: no encoder is
-    even built, no clip decoded."""
+def test_demo_extraction_is_reused_by_fit_teacher_without_encoding(tmp_path, monkeypatch):
+    """The demo's data and extraction settings: `cpfd extract` builds the store; `cpfd fit-teacher` with the same
+    settings (and a different worker count, which changes no embedding) opens it: no encoder is even built, no
+    clip decoded."""
     from typer.testing import CliRunner
 
     from cpfd.cli import app
     from cpfd.data import embeddings, preprocess
+    from cpfd.demo import DEMO_SETTINGS, generate
 
-    folder = _video_dataset(tmp_path / "ds", n=12)
-    config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({"extract": SMALL, "train": {"epochs": 1, "min_steps": 0},
-                                      "model": {"d_model": 32}}))
+    folder = generate(tmp_path / "demo", n_labelled=30, n_unlabelled=10)
+    settings = [arg for s in DEMO_SETTINGS for arg in ("--set", s)]
     runner = CliRunner()
-    result = runner.invoke(app, ["extract", str(folder), "--config", str(config)])
+    result = runner.invoke(app, ["extract", str(folder), *settings])
     assert result.exit_code == 0, result.output
     monkeypatch.setattr(preprocess, "create_encoder", lambda *a, **k: pytest.fail("an encoder was built"))
     monkeypatch.setattr(embeddings, "decode_media", lambda *a, **k: pytest.fail("a clip was decoded"))
-    result = runner.invoke(app, ["fit-teacher", str(folder), "--config", str(config), "--out", str(tmp_path / "t")])
+    result = runner.invoke(app, ["fit-teacher", str(folder), *settings, "--set", "extract.workers=0",
+                                 "--set", "train.epochs=1", "--set", "train.min_steps=0",
+                                 "--out", str(tmp_path / "t")])
     assert result.exit_code == 0, result.output
     assert "encoded" not in result.output and (tmp_path / "t" / "metrics.json").exists()
 

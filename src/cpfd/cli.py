@@ -418,10 +418,17 @@ def demo(
     if not (data_dir / "dataset.yaml").exists():
         console.print(f"demo: generating {labelled + unlabelled} clips in {data_dir}", highlight=False)
         generate(data_dir, n_labelled=labelled, n_unlabelled=unlabelled)
+    from cpfd.config import save_config
+
     validate(data_dir)
+    settings = DEMO_SETTINGS + list(set_ or [])
+    save_config(_config(config, settings), out_dir / "demo.yaml")
     compare(data_dir, out_dir=out_dir / "compare", seeds=seeds, oof=False, normalize=False, confidences=None,
-            feature_kd=FeatureKD.none, labelled_only=False, config=config, set_=DEMO_SETTINGS + list(set_ or []),
+            feature_kd=FeatureKD.none, labelled_only=False, config=config, set_=settings,
             epochs=None, on_bad_video=BadMedia.fail)
+    console.print(f"go on with the demo's settings (its store and embeddings are reused, nothing is encoded "
+                  f"again): cpfd fit-teacher {data_dir} --config {out_dir / 'demo.yaml'} --out runs/teacher",
+                  highlight=False, soft_wrap=True)
 
 
 @command()

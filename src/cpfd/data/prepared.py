@@ -185,6 +185,14 @@ def _text_values(df: pd.DataFrame, columns: list[str], out: _Collector) -> list[
     return [TEXT_SEPARATOR.join(p for p in parts if p) for parts in zip(*fields)]
 
 
+# Extraction settings that change how the work is done, not what it produces: they do not make a new store.
+NOT_IN_STORE_KEY = {"workers", "batch_size", "shard_size", "device", "cache_dir"}
+
+
+def _semantic(cfg: ExtractConfig | None) -> str:
+    return cfg.model_dump_json(exclude=NOT_IN_STORE_KEY) if cfg is not None else "-"
+
+
 def _store_key(spec_path: Path, file_hashes: dict[str, str], spec: DatasetSpec, seed: int, on_bad_video: str,
                extract: ExtractConfig | None, decode_check: ExtractConfig | None) -> str:
     h = hashlib.sha256(f"store v{store.STORE_VERSION}\n".encode())
@@ -192,8 +200,7 @@ def _store_key(spec_path: Path, file_hashes: dict[str, str], spec: DatasetSpec, 
     for file, digest in file_hashes.items():  # the same table reached by a relative or absolute path is one store
         h.update(f"{Path(file).resolve()}\0{digest}\n".encode())
     h.update(f"seed={seed if spec.split is None else '-'} media={on_bad_video}\n".encode())
-    h.update(f"extract={extract.model_dump_json() if extract else '-'}\n".encode())
-    h.update(f"decode={decode_check.model_dump_json() if decode_check else '-'}\n".encode())
+    h.update(f"extract={_semantic(extract)}\ndecode={_semantic(decode_check)}\n".encode())
     return h.hexdigest()[:32]
 
 
