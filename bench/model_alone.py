@@ -27,7 +27,6 @@ from cpfd.data import load_dataset
 from cpfd.distill.losses import build_loss
 from cpfd.distill.task import CachedTeacher, DistillTask
 from cpfd.models.build import build_student
-from cpfd.train import batches
 from cpfd.train.batches import RowDataset, passthrough
 from cpfd.train.teacher_outputs import teacher_targets
 
@@ -39,10 +38,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--release-every", type=int, default=batches.RELEASE_EVERY,
-                    help="batches between hand-backs of store pages (0: only at the end of a pass, the default)")
+    ap.add_argument("--release-every", type=int, default=0,
+                    help="batches between hand-backs of store pages (train.release_pages_every; 0: the default)")
     args = ap.parse_args()
-    batches.RELEASE_EVERY = args.release_every or 10**12
+
     torch.manual_seed(0)
     data = load_dataset(args.dataset, log=lambda m: None)
     cfg = load_config()
@@ -53,7 +52,7 @@ def main() -> None:
     task = DistillTask(student, build_loss(cfg.distill, types, targets.temperatures), CachedTeacher(targets))
     task.prepare(data.labels, data.label_mask)
     train = data.indices("train")
-    dataset = RowDataset(data, train)
+    dataset = RowDataset(data, train, release_every=args.release_every)
     loader = DataLoader(dataset, batch_size=args.batch_size, sampler=RandomSampler(dataset),
                         collate_fn=passthrough, num_workers=cfg.train.num_workers)
     stream = iter(loader)

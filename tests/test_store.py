@@ -190,3 +190,19 @@ def test_store_key_ignores_how_extraction_runs_but_not_what_it_makes():
     assert prepared._semantic(ExtractConfig(workers=7, batch_size=3, shard_size=5, device="cuda")) == base
     assert prepared._semantic(ExtractConfig(max_tokens=16)) != base
     assert prepared._semantic(ExtractConfig(store_float16=True)) != base
+
+
+def test_row_dataset_hands_pages_back_every_n_batches(tmp_path):
+    from cpfd.train.batches import RowDataset
+
+    data = load_dataset(make_dataset(tmp_path / "ds", n=40))
+    calls = []
+    data.release_pages = lambda: calls.append(1)
+    rows = RowDataset(data, np.arange(40), release_every=3)
+    for k in range(7):
+        rows.__getitems__([k])
+    assert len(calls) == 2  # after the 3rd and 6th batch
+    never = RowDataset(data, np.arange(40), release_every=0)
+    for k in range(7):
+        never.__getitems__([k])
+    assert len(calls) == 2

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -177,31 +176,39 @@ def _extract_cmd(folder: Path, cache: Path) -> list[str]:
             "--set", "extract.sampling.num_frames=8"]
 
 
+# The extraction process SIGKILLs itself right after its 3rd cache shard is written: a hard kill mid-extraction at a
+# deterministic point (racing a kill from outside against the clock was flaky on an idle machine).
+_KILLED_EXTRACT = """
+import os, signal, sys
+from cpfd.data import embeddings
+write, written = embeddings.ShardStore.write, []
+def write_then_die(self, items):
+    path = write(self, items)
+    written.append(path)
+    if len(written) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return path
+embeddings.ShardStore.write = write_then_die
+from cpfd.cli import app
+app(sys.argv[1:])
+"""
+
+
 @pytest.mark.slow
 def test_interrupted_extraction_resumes_without_rework(tmp_path):
     folder = _video_dataset(tmp_path / "ds", n=24)
     cache = tmp_path / "cache"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
-    with open(tmp_path / "extract.log", "w") as log:
-        proc = subprocess.Popen(_extract_cmd(folder, cache), env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 120
-    shards: list[Path] = []
-    while time.time() < deadline and proc.poll() is None:
-        shards = list(cache.glob("frames-*/shard-*.parquet"))
-        if len(shards) >= 2:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.01)
-    proc.wait()
+    cmd = [sys.executable, "-c", _KILLED_EXTRACT, *_extract_cmd(folder, cache)[3:]]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
     done = {p: p.stat().st_mtime_ns for p in cache.glob("frames-*/shard-*.parquet")}
-    log.close()
-    assert 2 <= len(done) < 24, f"not interrupted mid-way: {(tmp_path / 'extract.log').read_text()[-2000:]}"
-    # Enough work per clip (8 frames at 96²) that the kill lands mid-way even on a busy machine.
+    assert len(done) == 3 and not list(cache.glob("store/*/meta.json"))
     big = {**SMALL, "sampling": {"num_frames": 8, "size": 96}}
     cfg = ExtractConfig(**{**big, "cache_dir": str(cache), "shard_size": 1})
     logs: list[str] = []
     resumed = load_dataset(folder, extract=cfg, log=logs.append)
-    assert any(f"reusing {len(done)} cached clips" in m for m in logs)
+    assert any("reusing 3 cached clips" in m for m in logs)
     assert all(p.stat().st_mtime_ns == t for p, t in done.items())  # finished shards untouched
     assert len(list(cache.glob("frames-*/shard-*.parquet"))) == 24
     fresh = load_dataset(folder, extract=ExtractConfig(**{**big, "cache_dir": str(tmp_path / "fresh")}),

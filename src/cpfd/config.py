@@ -184,6 +184,9 @@ class TrainConfig(_Strict):
     checkpoint_every_steps: int = Field(0, ge=0, description="also save the resumable state every N optimiser steps "
                                         "inside an epoch, so --resume continues mid-epoch (0: off)")
     checkpoint_every_minutes: float = Field(10.0, ge=0, description="and at most this many minutes apart (0: off)")
+    release_pages_every: int = Field(0, ge=0, description="training batches between hand-backs of the memory-mapped "
+                                     "store's pages (bounds resident memory on tables larger than RAM, at a cost in "
+                                     "speed; 0: at the end of each pass)")
 
 
 class RunConfig(_Strict):

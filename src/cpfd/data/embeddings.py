@@ -2,8 +2,9 @@
 
 Each row's embedding is keyed by (sample id, media file size + mtime, encoder fingerprint, sampling config) for
 frames, and (text content, encoder fingerprint) for text. Keys live in Parquet shards under the cache folder;
-a run loads every shard, encodes only the rows whose key is absent, and writes them as new shards as it goes, so
-an interrupted extraction resumes where it stopped and never redoes a finished shard.
+a run indexes every shard (keys only), encodes only the rows whose key is absent, and writes them as new shards
+as it goes, so an interrupted extraction resumes where it stopped and never redoes a finished shard. Embeddings
+are read back from the shards when the dataset store is written, a block of rows at a time.
 
 Decoding runs in worker processes; encoding is batched; a progress bar shows clips/s.
 """
@@ -14,7 +15,8 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,20 +83,26 @@ def _digest(keys: list[str], columns: dict[str, list[bytes]]) -> str:
 class ShardStore:
     """key -> float32 arrays, in Parquet shards (``shard-*.parquet``) written atomically, each carrying a SHA-256 of
     its content: a shard that does not match (flipped bits, truncation) is reported, set aside as ``*.corrupt``
-    and its rows are encoded again."""
+    and its rows are encoded again.
+
+    Only the index (key -> shard) stays in memory; :meth:`get` reads a shard back when one of its keys is asked
+    for and keeps the last few it read, so the cache of a million clips is never loaded whole."""
+
+    KEEP_READ = 8  # shards kept after reading (rows are asked for in the order they were written)
 
     def __init__(self, folder: Path, log: Callable[[str], None] = print):
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.index: dict[str, dict[str, np.ndarray]] = {}
+        self.index: dict[str, Path] = {}
+        self._read_back: OrderedDict[Path, dict[str, dict[str, np.ndarray]]] = OrderedDict()
         for shard in sorted(folder.glob("shard-*.parquet")):
             try:
-                loaded = self._read(shard)
+                keys = list(self._read(shard))
             except (OSError, ValueError, pa.ArrowException) as err:
                 log(f"extract: cache shard {shard} is corrupt ({err}); its rows will be encoded again")
                 shard.replace(shard.with_suffix(".corrupt"))
                 continue
-            self.index.update(loaded)
+            self.index.update(dict.fromkeys(keys, shard))
 
     @staticmethod
     def _read(shard: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -105,6 +113,22 @@ class ShardStore:
             raise ValueError("content does not match its checksum")
         return {key: {name: np.frombuffer(table[name][i], dtype=np.float32).reshape(shape)
                       for name, shape in shapes.items()} for i, key in enumerate(table["key"])}
+
+    def _remember(self, shard: Path, items: dict[str, dict[str, np.ndarray]]) -> None:
+        self._read_back[shard] = items
+        self._read_back.move_to_end(shard)
+        while len(self._read_back) > self.KEEP_READ:
+            self._read_back.popitem(last=False)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.index
+
+    def get(self, key: str) -> dict[str, np.ndarray]:
+        shard = self.index[key]
+        if shard not in self._read_back:
+            self._remember(shard, self._read(shard))
+        self._read_back.move_to_end(shard)
+        return self._read_back[shard][key]
 
     def shards(self) -> list[Path]:
         return sorted(self.folder.glob("shard-*.parquet"))
@@ -121,8 +145,26 @@ class ShardStore:
         name = hashlib.sha256("".join(keys).encode()).hexdigest()[:16]
         path = self.folder / f"shard-{int(time.time() * 1e6):x}-{name}.parquet"
         atomic_write(path, lambda tmp: pq.write_table(table, tmp))
-        self.index.update(items)
+        self.index.update(dict.fromkeys(keys, path))
+        self._remember(path, {k: {n: np.asarray(v, dtype=np.float32) for n, v in items[k].items()} for k in keys})
         return path
+
+
+class CachedRows(Mapping):
+    """Row index -> one cached array (``name``) of that row, read from the shard cache on access."""
+
+    def __init__(self, store: ShardStore, keys: dict[int, str], name: str):
+        self.store, self.name = store, name
+        self.keys = {i: k for i, k in keys.items() if k in store}
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.store.get(self.keys[index])[self.name]
+
+    def __iter__(self):
+        return iter(self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
 
 
 def decode_chunks(rows: list[MediaRow], cfg: ExtractConfig, report: ExtractReport, desc: str = "decode",
@@ -171,15 +213,16 @@ def _log_repeated(report: ExtractReport, k: int, log: Callable[[str], None]) -> 
 
 
 def extract_frames(rows: list[MediaRow], pre: Preprocessor, cache: Path, log: Callable[[str], None] = print,
-                   progress: bool = True) -> tuple[dict[int, np.ndarray], ExtractReport]:
-    """Embeddings (K, dim) per row index through the cache; rows that cannot be decoded are in ``report.bad``."""
+                   progress: bool = True) -> tuple[Mapping[int, np.ndarray], ExtractReport]:
+    """Embeddings (K, dim) per row index through the cache, read from it on access; rows that cannot be decoded
+    are in ``report.bad``."""
     cfg = pre.cfg
     report = ExtractReport()
     tic = time.perf_counter()
     fingerprint = pre.frame_encoder.fingerprint()
     store = ShardStore(cache / f"frames-{fingerprint}", log)
     keys = {r.index: frames_key(r, fingerprint, cfg.sampling) for r in rows}
-    todo = [r for r in rows if keys[r.index] not in store.index]
+    todo = [r for r in rows if keys[r.index] not in store]
     report.reused = len(rows) - len(todo)
     if report.reused:
         log(f"extract: reusing {report.reused} cached clips from {store.folder}")
@@ -194,8 +237,7 @@ def extract_frames(rows: list[MediaRow], pre: Preprocessor, cache: Path, log: Ca
         rate = len(todo) / max(report.seconds, 1e-9)
         log(f"extract: encoded {report.encoded} clips ({rate:.2f} clips/s, {rate * k:.1f} frames/s)")
     _log_repeated(report, k, log)
-    out = {r.index: store.index[keys[r.index]]["frames"] for r in rows if keys[r.index] in store.index}
-    return out, report
+    return CachedRows(store, keys, "frames"), report
 
 
 def check_decodable(rows: list[MediaRow], cfg: ExtractConfig, progress: bool = True) -> dict[int, str]:
@@ -217,14 +259,24 @@ def decode_frames(rows: list[MediaRow], cfg: ExtractConfig, log: Callable[[str],
     return out, report
 
 
-def extract_text(texts: list[str], pre: Preprocessor, cache: Path, progress: bool = True
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Token vectors (n, L, dim) and mask (n, L) for each text, through the cache."""
+class CachedTexts:
+    """Token vectors and masks of texts, read from the shard cache a block at a time (:meth:`stack`)."""
+
+    def __init__(self, store: ShardStore, fingerprint: str):
+        self.store, self.fingerprint = store, fingerprint
+
+    def stack(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(n, L, dim) tokens and (n, L) mask of ``texts``, every one of which must be in the cache."""
+        items = [self.store.get(text_key(t, self.fingerprint)) for t in texts]
+        return np.stack([i["tokens"] for i in items]), np.stack([i["mask"] for i in items]).astype(bool)
+
+
+def cache_texts(texts: list[str], pre: Preprocessor, cache: Path, progress: bool = True) -> CachedTexts:
+    """Encode the texts that are not in the cache yet; returns the cache to read them back from."""
     cfg = pre.cfg
     fingerprint = pre.text_encoder.fingerprint()
     store = ShardStore(cache / f"text-{fingerprint}")
-    keys = [text_key(t, fingerprint) for t in texts]
-    todo = sorted({k: t for k, t in zip(keys, texts) if k not in store.index}.items())
+    todo = sorted({k: t for t in texts if (k := text_key(t, fingerprint)) not in store}.items())
     bar = tqdm(total=len(todo), desc="extract text", unit="text", disable=not progress or not todo, leave=False)
     for start in range(0, len(todo), cfg.shard_size):
         chunk = todo[start:start + cfg.shard_size]
@@ -237,9 +289,13 @@ def extract_text(texts: list[str], pre: Preprocessor, cache: Path, progress: boo
         store.write(items)
         bar.update(len(chunk))
     bar.close()
-    tokens = np.stack([store.index[k]["tokens"] for k in keys])
-    mask = np.stack([store.index[k]["mask"] for k in keys]).astype(bool)
-    return tokens, mask
+    return CachedTexts(store, fingerprint)
+
+
+def extract_text(texts: list[str], pre: Preprocessor, cache: Path, progress: bool = True
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Token vectors (n, L, dim) and mask (n, L) for each text, through the cache (all in memory: small lists)."""
+    return cache_texts(texts, pre, cache, progress).stack(texts)
 
 
 def extract_ocr(rows: list[MediaRow], pre: Preprocessor, cache: Path, log: Callable[[str], None] = print

@@ -25,7 +25,8 @@ import torch
 from cpfd.config import ExtractConfig
 from cpfd.data import store
 from cpfd.data.contract import SPLITS, DatasetError, DatasetSpec, Problem, load_spec
-from cpfd.data.embeddings import MediaRow, check_decodable, decode_frames, default_cache, extract_frames, extract_ocr, extract_text
+from cpfd.data.embeddings import (MediaRow, cache_texts, check_decodable, decode_frames, default_cache, extract_frames,
+                                  extract_ocr)
 from cpfd.data.preprocess import (
     Issue,
     Preprocessor,
@@ -45,6 +46,7 @@ from cpfd.task_types import TaskType, class_name, is_missing, natural_order, tas
 __all__ = ["PreparedData", "TaskInfo", "SkippedRow", "encode_share", "load_dataset"]
 
 SPLIT_CODES = {name: k for k, name in enumerate(SPLITS)}
+EMBEDDING_BLOCK = 1024  # rows of frame/text embeddings read from the cache and written to the store at a time
 
 
 @dataclass
@@ -272,7 +274,7 @@ def encode_share(folder: str | Path, extract: ExtractConfig, rank: int, world: i
         rows = [MediaRow(int(i), row_id, root / media[i], meta["media_kind"]) for i, row_id in zip(share, ids)]
         extract_frames(rows, pre, cache, log)
     if texts is not None and not extract.ocr:
-        extract_text([texts[i] for i in share], pre, cache)
+        cache_texts([texts[i] for i in share], pre, cache)
     return len(share)
 
 
@@ -576,8 +578,8 @@ def _attach_embeddings(data: PreparedData, meta: dict, spec: DatasetSpec, media:
         shape = first.shape if first is not None else None
         name = "pixels" if cfg.end_to_end else "frames"
         frames = store.ArrayWriter(folder, f"student.{name}", np.float16 if cfg.store_float16 and not cfg.end_to_end else None)
-        for start in range(0, len(rows), store.COPY_ROWS):
-            block = [vectors.pop(i, None) for i in range(start, min(start + store.COPY_ROWS, len(rows)))]
+        for start in range(0, len(rows), EMBEDDING_BLOCK):
+            block = [vectors.get(i) for i in range(start, min(start + EMBEDDING_BLOCK, len(rows)))]
             frames.append(np.stack([v if v is not None else np.zeros_like(first) for v in block]))
         frames.finish()
         del vectors
@@ -595,10 +597,17 @@ def _attach_embeddings(data: PreparedData, meta: dict, spec: DatasetSpec, media:
         if cfg.end_to_end:
             ids, mask = pre.text_encoder.tokenize(texts)
             store.write_array(folder, "student.text_ids", ids.numpy())
+            store.write_array(folder, "student.text_mask", np.asarray(mask))
         else:
-            tokens, mask = extract_text(texts, pre, cache)
-            store.write_array(folder, "student.text", tokens.astype(np.float16) if cfg.store_float16 else tokens)
+            cached = cache_texts(texts, pre, cache)
+            tokens_out = store.ArrayWriter(folder, "student.text", np.float16 if cfg.store_float16 else None)
+            masks_out = store.ArrayWriter(folder, "student.text_mask")
+            for start in range(0, len(texts), EMBEDDING_BLOCK):
+                tokens, mask = cached.stack(texts[start : start + EMBEDDING_BLOCK])
+                tokens_out.append(tokens)
+                masks_out.append(mask)
+            tokens_out.finish()
+            masks_out.finish()
             meta["student_inputs"].append("text")
-        store.write_array(folder, "student.text_mask", np.asarray(mask))
         meta["student_inputs"] += (["text_ids"] if cfg.end_to_end else []) + ["text_mask"]
     return _drop_bad_media(data, meta, bad, on_bad_video, log) if bad else meta

@@ -16,9 +16,10 @@ from torch.utils.data import Dataset, Sampler
 from cpfd.data.prepared import PreparedData
 
 
-# Batches between hand-backs of store pages (PreparedData.release_pages); 0: only at the end of each pass. Pages of
-# the memory-mapped store are clean file pages the kernel reclaims under memory pressure; handing them back every 64
-# batches bounded resident memory but halved training speed at 1M rows (re-faulting them, bench/RESULTS.md).
+# Batches between hand-backs of store pages by default (PreparedData.release_pages); 0: only at the end of each pass
+# (train.release_pages_every). Pages of the memory-mapped store are clean file pages the kernel reclaims under
+# memory pressure; handing them back every 64 batches bounded resident memory but cut training speed to 0.56 of
+# the model's at 1M rows (every batch faults its rows in again; bench/RESULTS.md).
 RELEASE_EVERY = 0
 
 
@@ -33,10 +34,12 @@ class RowDataset(Dataset):
     The rows of a batch are gathered from the memory-mapped store with one vectorised index read per array, in
     ascending row order so neighbouring rows share disk pages."""
 
-    def __init__(self, data: PreparedData, indices: np.ndarray, with_privileged: bool = False):
+    def __init__(self, data: PreparedData, indices: np.ndarray, with_privileged: bool = False,
+                 release_every: int | None = None):
         self.data = data
         self.indices = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         self.with_privileged = with_privileged
+        self.release_every = RELEASE_EVERY if release_every is None else release_every
         self.fetched = 0
 
     def __len__(self) -> int:
@@ -49,7 +52,7 @@ class RowDataset(Dataset):
         rows = self.indices[torch.as_tensor(positions, dtype=torch.long)]
         d = self.data
         self.fetched += 1
-        if RELEASE_EVERY and self.fetched % RELEASE_EVERY == 0:
+        if self.release_every and self.fetched % self.release_every == 0:
             d.release_pages()
         batch = {
             "index": rows,

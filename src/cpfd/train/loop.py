@@ -165,7 +165,7 @@ def fit(fabric: Fabric, task: DistillTask, data: PreparedData, train_idx: np.nda
     task.model, optimizer = fabric.setup(task.model, optimizer)
     with_privileged = task.needs_privileged
 
-    dataset = RowDataset(data, train_idx, with_privileged=with_privileged)
+    dataset = RowDataset(data, train_idx, with_privileged=with_privileged, release_every=cfg.release_pages_every)
     sampler = ShuffledShard(len(dataset), fabric.world_size, fabric.global_rank, cfg.seed)
 
     def loader(skip_batches: int) -> DataLoader:
