@@ -8,7 +8,7 @@ decoded). What is measured is everything after encoding: reading the cache into 
 row), fit-teacher, distill and export, each in its own process (peak RSS by ``wait4``, anonymous and file-backed
 parts sampled from ``/proc``). ``predict`` is left out: it decodes real clips.
 
-    python bench/scale_video.py --rows 30000 100000 300000
+    python bench/scale_video.py --rows 30000 100000 300000 [--stages extract]
 
 Results go to ``bench/out/scale_video/results.json``.
 """
@@ -87,6 +87,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, nargs="+", default=[30_000, 100_000, 300_000])
     ap.add_argument("--keep", action="store_true", help="keep the generated data and runs (tens of GB)")
+    ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     args = ap.parse_args()
     cpfd = [sys.executable, "-m", "cpfd"]
     sets = [a for s in SETTINGS + ["train.epochs=1", "train.min_steps=0"] for a in ("--set", s)]
@@ -106,14 +107,14 @@ def main() -> None:
             "export": cpfd + ["export", str(runs / "student"), "--out", str(runs / "bundle")],
         }
         row = {"rows": n}
-        for stage in STAGES:
+        for stage in args.stages:
             print(f"{n} rows: {stage} ...", flush=True)
             row[stage] = run(cmds[stage], runs / f"{stage}.log")
             print(f"  {row[stage]}", flush=True)
         store = next((ds / ".cpfd_cache" / "store").glob("*/meta.json")).parent
         row["store_mb"] = round(du(store), 1)
         row["store_kb_per_row"] = round(du(store) * 1024 / n, 1)
-        results[str(n)] = row
+        results[str(n)] = {**results.get(str(n), {}), **row}
         OUT.mkdir(parents=True, exist_ok=True)
         (OUT / "results.json").write_text(json.dumps(results, indent=1))
         if not args.keep:  # tens of GB at these sizes

@@ -46,6 +46,7 @@ class MediaRow:
 class ExtractReport:
     encoded: int = 0
     reused: int = 0
+    attempted: int = 0  # rows that were not in the cache (encoded or bad)
     repeated: list[str] = field(default_factory=list)  # ids of clips shorter than K frames
     bad: dict[int, str] = field(default_factory=dict)  # row index -> reason
     seconds: float = 0.0
@@ -213,31 +214,41 @@ def _log_repeated(report: ExtractReport, k: int, log: Callable[[str], None]) -> 
 
 
 def extract_frames(rows: list[MediaRow], pre: Preprocessor, cache: Path, log: Callable[[str], None] = print,
-                   progress: bool = True) -> tuple[Mapping[int, np.ndarray], ExtractReport]:
+                   progress: bool = True, store: ShardStore | None = None, report: ExtractReport | None = None
+                   ) -> tuple[Mapping[int, np.ndarray], ExtractReport]:
     """Embeddings (K, dim) per row index through the cache, read from it on access; rows that cannot be decoded
-    are in ``report.bad``."""
+    are in ``report.bad``.
+
+    A caller working through a large dataset a block of rows at a time passes the opened cache (``store``) and
+    one ``report`` to add to, and logs the totals itself (:func:`log_frames_summary`)."""
     cfg = pre.cfg
-    report = ExtractReport()
+    summary = report is None
+    report = report if report is not None else ExtractReport()
     tic = time.perf_counter()
     fingerprint = pre.frame_encoder.fingerprint()
-    store = ShardStore(cache / f"frames-{fingerprint}", log)
+    store = store if store is not None else ShardStore(cache / f"frames-{fingerprint}", log)
     keys = {r.index: frames_key(r, fingerprint, cfg.sampling) for r in rows}
     todo = [r for r in rows if keys[r.index] not in store]
-    report.reused = len(rows) - len(todo)
-    if report.reused:
-        log(f"extract: reusing {report.reused} cached clips from {store.folder}")
-    k = cfg.sampling.num_frames
+    report.reused += len(rows) - len(todo)
+    report.attempted += len(todo)
     for good in decode_chunks(todo, cfg, report, "extract frames", progress):
         if good:
             vectors = pre.encode_frames([clip.frames for _, clip in good])
             store.write({keys[row.index]: {"frames": vectors[i]} for i, (row, _) in enumerate(good)})
         report.encoded += len(good)
-    report.seconds = time.perf_counter() - tic
-    if todo:
-        rate = len(todo) / max(report.seconds, 1e-9)
+    report.seconds += time.perf_counter() - tic
+    if summary:
+        log_frames_summary(report, store, cfg.sampling.num_frames, log)
+    return CachedRows(store, keys, "frames"), report
+
+
+def log_frames_summary(report: ExtractReport, store: ShardStore, k: int, log: Callable[[str], None]) -> None:
+    if report.reused:
+        log(f"extract: reusing {report.reused} cached clips from {store.folder}")
+    if report.attempted:
+        rate = report.attempted / max(report.seconds, 1e-9)
         log(f"extract: encoded {report.encoded} clips ({rate:.2f} clips/s, {rate * k:.1f} frames/s)")
     _log_repeated(report, k, log)
-    return CachedRows(store, keys, "frames"), report
 
 
 def check_decodable(rows: list[MediaRow], cfg: ExtractConfig, progress: bool = True) -> dict[int, str]:

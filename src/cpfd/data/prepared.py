@@ -25,8 +25,8 @@ import torch
 from cpfd.config import ExtractConfig
 from cpfd.data import store
 from cpfd.data.contract import SPLITS, DatasetError, DatasetSpec, Problem, load_spec
-from cpfd.data.embeddings import (MediaRow, cache_texts, check_decodable, decode_frames, default_cache, extract_frames,
-                                  extract_ocr)
+from cpfd.data.embeddings import (ExtractReport, MediaRow, ShardStore, cache_texts, check_decodable, decode_frames,
+                                  default_cache, extract_frames, extract_ocr, log_frames_summary)
 from cpfd.data.preprocess import (
     Issue,
     Preprocessor,
@@ -565,25 +565,35 @@ def _attach_embeddings(data: PreparedData, meta: dict, spec: DatasetSpec, media:
     pre = Preprocessor(cfg)
     bad: dict[int, str] = {}
     if media is not None:
-        rows = [MediaRow(i, data.ids[i], data.root / v, meta["media_kind"]) for i, v in enumerate(media)]
+        kind, n = meta["media_kind"], len(media)
+
+        def media_rows(start: int = 0, stop: int | None = None) -> list[MediaRow]:
+            return [MediaRow(i, str(data.ids[i]), data.root / media[i], kind) for i in range(start, min(stop or n, n))]
+
         if cfg.ocr:
-            read = extract_ocr(rows, pre, cache, log)
-            texts = [with_ocr(texts[i] if texts else "", read[i]) for i in range(len(rows))]
-        if cfg.end_to_end:
-            vectors, report = decode_frames(rows, cfg, log)
-        else:
-            vectors, report = extract_frames(rows, pre, cache, log)
-        bad = dict(report.bad)
-        first = next(iter(vectors.values()), None)
-        shape = first.shape if first is not None else None
+            read = extract_ocr(media_rows(), pre, cache, log)
+            texts = [with_ocr(texts[i] if texts else "", read[i]) for i in range(n)]
         name = "pixels" if cfg.end_to_end else "frames"
         frames = store.ArrayWriter(folder, f"student.{name}", np.float16 if cfg.store_float16 and not cfg.end_to_end else None)
-        for start in range(0, len(rows), EMBEDDING_BLOCK):
-            block = [vectors.get(i) for i in range(start, min(start + EMBEDDING_BLOCK, len(rows)))]
-            frames.append(np.stack([v if v is not None else np.zeros_like(first) for v in block]))
+        if cfg.end_to_end:  # decoded frames for a GPU run on a small dataset, kept whole
+            vectors, report = decode_frames(media_rows(), cfg, log)
+            size = cfg.sampling.size
+            empty = np.zeros((cfg.sampling.num_frames, size, size, 3), dtype=np.uint8)
+            frames.append(np.stack([vectors.get(i, empty) for i in range(n)]))
+        else:
+            # A block of rows at a time: rows, cache keys and vectors never exist for the whole dataset at once;
+            # one opened cache serves every block.
+            cached = ShardStore(cache / f"frames-{pre.frame_encoder.fingerprint()}", log)
+            report = ExtractReport()
+            empty = np.zeros((cfg.sampling.num_frames, pre.frame_encoder.dim), dtype=np.float32)
+            for start in range(0, n, EMBEDDING_BLOCK):
+                block = media_rows(start, start + EMBEDDING_BLOCK)
+                vectors, _ = extract_frames(block, pre, cache, log, store=cached, report=report)
+                frames.append(np.stack([vectors.get(r.index, empty) for r in block]))
+            log_frames_summary(report, cached, cfg.sampling.num_frames, log)
+        bad = dict(report.bad)
         frames.finish()
-        del vectors
-        store.write_array(folder, "student.frames_mask", np.ones((len(rows), shape[0]) if shape else (len(rows), 0), dtype=bool))
+        store.write_array(folder, "student.frames_mask", np.ones((n, cfg.sampling.num_frames), dtype=bool))
         meta["student_inputs"] += [name, "frames_mask"]
     if texts is not None:
         counts = pre.text_encoder.token_counts(texts)
