@@ -596,11 +596,14 @@ def _attach_embeddings(data: PreparedData, meta: dict, spec: DatasetSpec, media:
         store.write_array(folder, "student.frames_mask", np.ones((n, cfg.sampling.num_frames), dtype=bool))
         meta["student_inputs"] += [name, "frames_mask"]
     if texts is not None:
-        counts = pre.text_encoder.token_counts(texts)
-        cut = sum(c > cfg.max_tokens for c in counts)
+        # Tokenised a block at a time: the tokenizer's output for every text at once is about 1 KB a row.
+        counts = np.concatenate([np.asarray(pre.text_encoder.token_counts(texts[start : start + EMBEDDING_BLOCK]),
+                                            dtype=np.int64) for start in range(0, len(texts), EMBEDDING_BLOCK)]
+                                + [np.zeros(0, dtype=np.int64)])
+        cut = int((counts > cfg.max_tokens).sum())
         meta["extraction"]["text"] = {"texts": len(texts), "truncated": cut, "max_tokens": cfg.max_tokens,
                                       "truncation": cfg.text_truncation,
-                                      "median_tokens": float(np.median(counts)) if counts else 0.0}
+                                      "median_tokens": float(np.median(counts)) if len(counts) else 0.0}
         if cut:
             log(f"extract: {cut} of {len(texts)} texts are longer than max_tokens={cfg.max_tokens} tokens (median "
                 f"{np.median(counts):.0f}) and were cut ({cfg.text_truncation}); raise extract.max_tokens to keep more")
