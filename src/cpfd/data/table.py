@@ -40,7 +40,8 @@ def table_files(root: Path, pattern: str, allow_outside: bool = False) -> list[P
     return paths
 
 
-def _chunks(path: Path, chunk_rows: int, columns: list[str] | None) -> Iterator[pd.DataFrame]:
+def read_chunks(path: Path, chunk_rows: int, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
+    """One table file ``chunk_rows`` rows at a time, reading only ``columns`` (all when None)."""
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -54,7 +55,6 @@ def _chunks(path: Path, chunk_rows: int, columns: list[str] | None) -> Iterator[
                 yield batch.to_pandas()
         return
     if suffix == ".csv":
-        _check_csv_header(path)
         reader = pd.read_csv(path, keep_default_na=True, chunksize=chunk_rows, usecols=columns)
     else:
         reader = pd.read_json(path, lines=True, dtype=False, chunksize=chunk_rows)
@@ -94,7 +94,9 @@ def iter_table(paths: list[Path], chunk_rows: int = CHUNK_ROWS, columns: list[st
     for path in paths:
         offset = 0
         try:
-            for df in _chunks(path, chunk_rows, columns):
+            if path.suffix.lower() == ".csv":
+                _check_csv_header(path)
+            for df in read_chunks(path, chunk_rows, columns):
                 names = set(df.columns)
                 if expected is not None and names < expected and path.suffix.lower() == ".jsonl":
                     df, names = df.reindex(columns=order), expected  # a key no line of this chunk uses is missing
@@ -121,7 +123,7 @@ def iter_table(paths: list[Path], chunk_rows: int = CHUNK_ROWS, columns: list[st
 
 
 def table_columns(paths: list[Path]) -> list[str]:
-    """The first file's column names, from its schema (parquet) or its first rows."""
+    """The first file's column names, from its schema (parquet), its header (CSV) or its first rows (JSONL)."""
     path = paths[0]
     if path.suffix.lower() == ".parquet":
         import pyarrow.parquet as pq
@@ -130,6 +132,9 @@ def table_columns(paths: list[Path]) -> list[str]:
             return list(pq.read_schema(path).names)
         except Exception as err:  # noqa: BLE001 - any parser failure is reported against the file
             raise DatasetError([Problem(str(path), f"cannot be read: {type(err).__name__}: {err}")]) from None
+    if path.suffix.lower() == ".csv":
+        _check_csv_header(path)
+        return list(pd.read_csv(path, nrows=0).columns)
     first = next(iter_table([path], chunk_rows=1024), None)
     return [c for c in first.columns if c not in (SOURCE_FILE, SOURCE_ROW)] if first is not None else []
 

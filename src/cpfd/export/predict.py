@@ -9,7 +9,7 @@ is dropped, and one bad row never fails its neighbours.
 from __future__ import annotations
 
 import glob
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from cpfd.data.contract import DatasetError, Problem, load_spec
 from cpfd.data.preprocess import feature_block, media_problem
-from cpfd.data.table import PARQUET_BUFFER, expand_columns
+from cpfd.data.table import expand_columns, read_chunks, table_columns
 from cpfd.data.video import MediaError
 from cpfd.errors import UsageError
 from cpfd.io import atomic_write
@@ -30,19 +30,6 @@ from cpfd.task_types import is_missing, task_type
 
 CHUNK_BYTES = 64 * 2**20  # default chunk: about this many bytes of decoded inputs
 MAX_CHUNK_ROWS = 8_192  # larger chunks only add activation memory in the model, not speed
-
-
-def _chunks(path: Path, rows: int, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
-    """The table ``rows`` at a time, reading only ``columns`` (privileged columns are never read)."""
-    if path.suffix == ".parquet":
-        with pq.ParquetFile(path, pre_buffer=False, buffer_size=PARQUET_BUFFER) as pf:
-            for batch in pf.iter_batches(batch_size=rows, columns=columns):
-                yield batch.to_pandas()
-    elif path.suffix == ".csv":
-        yield from pd.read_csv(path, chunksize=rows, usecols=columns)
-    else:
-        for df in pd.read_json(path, lines=True, chunksize=rows, dtype=False):
-            yield df if columns is None else df[columns]
 
 
 def chunk_rows(bundle: StudentBundle, n_feature_columns: int) -> int:
@@ -55,15 +42,6 @@ def chunk_rows(bundle: StudentBundle, n_feature_columns: int) -> int:
     if "text" in bundle.input_names:
         per_row += 4096
     return int(max(1, min(MAX_CHUNK_ROWS, CHUNK_BYTES // per_row)))
-
-
-def _columns(path: Path) -> list[str]:
-    """The table's column names from its schema or header, without reading its rows."""
-    if path.suffix == ".parquet":
-        return list(pq.read_schema(path).names)
-    if path.suffix == ".csv":
-        return list(pd.read_csv(path, nrows=0).columns)
-    return list(next(_chunks(path, 1)).columns)
 
 
 def predict_dataset(bundle: StudentBundle, folder: str | Path, out_path: str | Path, batch_rows: int | None = None,
@@ -81,7 +59,7 @@ def predict_dataset(bundle: StudentBundle, folder: str | Path, out_path: str | P
         raise UsageError(f"--out {out_path} is an input of this run (a table of the dataset, its dataset.yaml or "
                          "the bundle); write the predictions elsewhere")
     inputs = bundle.inputs_spec
-    columns = _columns(files[0])
+    columns = table_columns(files[:1])
     feature_cols, unmatched = expand_columns(inputs.get("features") or [], columns)
     needed = [c for c in [spec.id, inputs.get("video"), inputs.get("frames"), *(inputs.get("text") or [])] if c]
     absent = [c for c in needed if c not in columns] + unmatched
@@ -101,7 +79,7 @@ def predict_dataset(bundle: StudentBundle, folder: str | Path, out_path: str | P
         with pq.ParquetWriter(tmp, output_schema(bundle)) as writer:
             for file in files:
                 offset = 0
-                for df in _chunks(file, batch_rows, read):
+                for df in read_chunks(file, batch_rows, read):
                     writer.write_table(_score_chunk(bundle, df, root, spec.id, feature_cols, file, offset,
                                                     spec.allow_outside))
                     offset += len(df)

@@ -85,7 +85,8 @@ def predict(model: nn.Module, data: PreparedData, indices: np.ndarray, with_priv
     n = len(data)
     logits = {t.name: torch.zeros(n, t.n_outputs) for t in data.tasks}
     embedding = None
-    dataset = RowDataset(data, indices, with_privileged=with_privileged)
+    # A pass in row order never comes back to the pages behind it: hand them back as it goes.
+    dataset = RowDataset(data, indices, with_privileged=with_privileged, release_every=RELEASE_EVERY_PREDICT)
     on_terminal = sys.stderr.isatty()
     bar = tqdm(total=len(indices), desc=progress, unit="row", leave=False, disable=progress is None or not on_terminal,
                dynamic_ncols=True)
@@ -96,8 +97,6 @@ def predict(model: nn.Module, data: PreparedData, indices: np.ndarray, with_priv
         if progress is not None and not on_terminal and time.monotonic() - last_line >= LOG_EVERY_S:
             print(f"{progress}: {start + len(batch['index'])}/{len(indices)} rows", file=sys.stderr, flush=True)
             last_line = time.monotonic()
-        if (start // batch_size) % RELEASE_EVERY_PREDICT == RELEASE_EVERY_PREDICT - 1:
-            data.release_pages()  # a pass in row order never comes back to the pages behind it
         if with_privileged:
             out = model(**batch["student"], privileged=batch["privileged"])
         else:
