@@ -348,6 +348,65 @@ def report(
     _show_report(data, results, folder, write_report)
 
 
+def _names(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def _range(value: str, name: str) -> tuple[float, float]:
+    try:
+        low, _, high = value.partition(":")
+        return float(low), float(high or low)
+    except ValueError:
+        raise typer.BadParameter(f"--{name} takes LOW:HIGH (or one value to fix it), got {value!r}") from None
+
+
+@command()
+def tune(
+    dataset: DatasetArg,
+    teacher: Annotated[Path, typer.Option(help="teacher run folder (from fit-teacher); every trial distils from it")],
+    reference: Annotated[Optional[Path], typer.Option(
+        help="a teacher run without privileged features; adds the confidences that compare against one")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for study.db, trials.csv, tune.json, best.yaml and "
+                                          "every trial's runs (a second call continues the study)")] = Path("runs/tune"),
+    trials: Annotated[int, typer.Option(help="finished trials the study should hold")] = 20,
+    seeds: Annotated[int, typer.Option(help="seeds per trial, the same for every trial")] = 3,
+    methods: Annotated[str, typer.Option(help="comma-separated distilling losses to choose from")] = "pfd,cpfd",
+    confidences: Annotated[Optional[str], typer.Option(
+        help="comma-separated confidences for cpfd trials (default: every registered one a recipe can use)")] = None,
+    lam: Annotated[str, typer.Option(help="λ range LOW:HIGH")] = "0.1:0.9",
+    temperature: Annotated[str, typer.Option(help="τ range LOW:HIGH (sampled on a log scale)")] = "1:8",
+    target_temperatures: Annotated[Optional[str], typer.Option(
+        help="comma-separated distill.target_temperature values (default: none, plus scenario when the data has a "
+             "group column)")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    on_bad_video: BadVideoOpt = BadMedia.fail,
+) -> None:
+    """Choose the distillation recipe (loss, confidence, λ, τ) by mean VALIDATION F1 over fixed seeds (Optuna TPE).
+    Test metrics are never read; best.yaml is the winning config for `cpfd compare --config` or `cpfd distill`."""
+    from cpfd.tune import TuneSpace, default_confidences, run_tune
+
+    cfg = _config(config, set_)
+    cfg.train.progress = False  # one line per trial; a bar per run would bury it
+    data = _load(dataset, on_bad_video, cfg)
+    grouped = data.groups is not None
+    space = TuneSpace(methods=_names(methods), confidences=_names(confidences) or default_confidences(reference is not None),
+                      lam=_range(lam, "lam"), temperature=_range(temperature, "temperature"),
+                      target_temperatures=_names(target_temperatures) or (["none", "scenario"] if grouped else ["none"]))
+    result = run_tune(data, cfg, out_dir, teacher, space, trials, seeds, reference_dir=reference, log=_log)
+    best = result["best"]
+    table = Table(title=f"best of {result['trials']} trials (validation only)")
+    for column in ("setting", "value"):
+        table.add_column(column)
+    for key in ("method", "confidence", "lam", "temperature", "target_temperature"):
+        if key in best:
+            table.add_row(key, f"{best[key]:.4g}" if isinstance(best[key], float) else str(best[key]))
+    table.add_row("validation mean F1", f"{best['val_mean_f1']:.4f} ± {best['val_se']:.4f} (s.e. over seeds)")
+    out.print(table)
+    out.print(f"wrote {out_dir}/best.yaml; test it beside every arm: cpfd compare {dataset} --config "
+              f"{out_dir}/best.yaml", highlight=False)
+
+
 def _parse_shard(value: str | None) -> tuple[int, int] | None:
     if value is None:
         return None
