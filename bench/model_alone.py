@@ -20,14 +20,14 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader
 
 from cpfd.config import load_config
 from cpfd.data import load_dataset
 from cpfd.distill.losses import build_loss
 from cpfd.distill.task import CachedTeacher, DistillTask
 from cpfd.models.build import build_student
-from cpfd.train.batches import RowDataset, passthrough
+from cpfd.train.batches import RowDataset, ShuffledShard, passthrough
 from cpfd.train.teacher_outputs import teacher_targets
 
 
@@ -40,6 +40,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--release-every", type=int, default=0,
                     help="batches between hand-backs of store pages (train.release_pages_every; 0: the default)")
+    ap.add_argument("--block-rows", type=int, default=1,
+                    help="shuffle runs of this many consecutive rows (train.shuffle_block_rows; 1: the default)")
     args = ap.parse_args()
 
     torch.manual_seed(0)
@@ -53,7 +55,7 @@ def main() -> None:
     task.prepare(data.labels, data.label_mask)
     train = data.indices("train")
     dataset = RowDataset(data, train, release_every=args.release_every)
-    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=RandomSampler(dataset),
+    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=ShuffledShard(len(dataset), block_rows=args.block_rows),
                         collate_fn=passthrough, num_workers=cfg.train.num_workers)
     stream = iter(loader)
     preallocated = [next(stream) for _ in range(args.steps)]
@@ -90,6 +92,7 @@ def main() -> None:
     result = {
         "rows": len(data), "train_rows": len(train), "batch_size": args.batch_size, "steps": args.steps,
         "repeats": args.repeats, "threads": torch.get_num_threads(), "release_every": args.release_every,
+        "block_rows": args.block_rows,
         "model_alone_rows_per_s": round(statistics.median(alone)),
         "from_store_rows_per_s": round(statistics.median(store)),
         "fraction": round(statistics.median(s / a for s, a in zip(store, alone)), 3),

@@ -113,6 +113,9 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the generated tables and runs")
     ap.add_argument("--predict-sweep", action="store_true",
                     help=f"also time predict with --batch-rows {SWEEP} (needs the bundle of a --keep run)")
+    ap.add_argument("--set", dest="sets", action="append", default=[],
+                    help="config override for fit-teacher and distill, e.g. train.release_pages_every=64")
+    ap.add_argument("--label", default="", help="suffix of the results key (rows + label), for runs with --set")
     args = ap.parse_args()
     cpfd = [sys.executable, "-m", "cpfd"]
     results = json.loads((OUT / "results.json").read_text()) if (OUT / "results.json").exists() else {}
@@ -124,7 +127,8 @@ def main() -> None:
         if "validate" in args.stages:
             shutil.rmtree(ds / ".cpfd_cache", ignore_errors=True)
         runs.mkdir(parents=True, exist_ok=True)
-        common = ["--set", "train.epochs=1", "--set", "train.min_steps=0"]
+        common = ["--set", "train.epochs=1", "--set", "train.min_steps=0",
+                  *[arg for item in args.sets for arg in ("--set", item)]]
         cmds = {
             "validate": cpfd + ["validate", str(ds)],
             "fit-teacher": cpfd + ["fit-teacher", str(ds), "--out", str(runs / "teacher"), *common],
@@ -133,7 +137,7 @@ def main() -> None:
             "export": cpfd + ["export", str(runs / "student"), "--out", str(runs / "bundle")],
             "predict": cpfd + ["predict", str(runs / "bundle"), str(ds), "--out", str(runs / "pred.parquet")],
         }
-        row = {"rows": n, "table_mb": round((ds / "data.parquet").stat().st_size / 2**20, 1)}
+        row = {"rows": n, "sets": args.sets, "table_mb": round((ds / "data.parquet").stat().st_size / 2**20, 1)}
         for stage in args.stages:
             print(f"{n} rows: {stage} ...", flush=True)
             row[stage] = run(cmds[stage], runs / f"{stage}.log") | {"rows_per_s": None}
@@ -145,7 +149,8 @@ def main() -> None:
                 row[f"predict@{rows}"] = run(cmds["predict"] + ["--batch-rows", str(rows)], runs / f"predict-{rows}.log")
                 print(f"  {row[f'predict@{rows}']}", flush=True)
         row["store_mb"] = round(du(ds / ".cpfd_cache"), 1) if (ds / ".cpfd_cache").exists() else 0.0
-        results[str(n)] = {**results.get(str(n), {}), **row}
+        key = f"{n}{args.label}"
+        results[key] = {**results.get(key, {}), **row}
         OUT.mkdir(parents=True, exist_ok=True)
         (OUT / "results.json").write_text(json.dumps(results, indent=1))
         if not args.keep:

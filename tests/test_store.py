@@ -168,6 +168,29 @@ def test_shuffled_shard_is_distributed_samplers_order(n, world, epoch):
         assert list(rest) == list(reference)[2:] and len(rest) == max(len(reference) - 2, 0)
 
 
+@pytest.mark.parametrize("n,world,block", [(10, 1, 4), (23, 2, 5), (7, 3, 3)])
+def test_block_shuffle_keeps_runs_together_and_covers_every_row(n, world, block):
+    from cpfd.train.batches import ShuffledShard
+
+    shares = []
+    for rank in range(world):
+        mine = ShuffledShard(n, world, rank, seed=3, block_rows=block)
+        mine.set_epoch(1)
+        order = list(mine)
+        assert len(order) == len(mine) == -(-n // world)
+        shares.append(order)
+        # Each run of `block` consecutive rows (the last one shorter) is read in one piece, ascending.
+        starts = [k for k in range(len(order)) if k == 0 or order[k] != order[k - 1] + 1]
+        assert all(order[s] % block == 0 or s == 0 for s in starts)
+        assert mine.skipping(2).__iter__().__next__() == order[2]
+    everything = [i for share in shares for i in share]
+    assert set(everything) == set(range(n))  # padding repeats rows only to even out the ranks' lengths
+    assert len(everything) - n == -(-n // world) * world - n
+    again = ShuffledShard(n, world, 0, seed=3, block_rows=block)
+    again.set_epoch(2)
+    assert list(again) != shares[0] or n <= block  # another epoch, another order of runs
+
+
 def test_jsonl_chunk_without_an_optional_key_reads_it_as_missing(tmp_path, monkeypatch):
     import json
 

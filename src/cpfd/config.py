@@ -184,6 +184,9 @@ class TrainConfig(_Strict):
     checkpoint_every_steps: int = Field(0, ge=0, description="also save the resumable state every N optimiser steps "
                                         "inside an epoch, so --resume continues mid-epoch (0: off)")
     checkpoint_every_minutes: float = Field(10.0, ge=0, description="and at most this many minutes apart (0: off)")
+    shuffle_block_rows: int = Field(1, ge=1, description="shuffle runs of this many consecutive train rows instead of "
+                                    "single rows: batches read contiguous stretches of the store, so "
+                                    "release_pages_every costs little (1: every row on its own)")
     release_pages_every: int = Field(0, ge=0, description="training batches between hand-backs of the memory-mapped "
                                      "store's pages (bounds resident memory on tables larger than RAM, at a cost in "
                                      "speed; 0: at the end of each pass)")

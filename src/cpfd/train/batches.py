@@ -75,12 +75,19 @@ class ShuffledShard(Sampler):
     without its first ``skip`` positions (a resumed epoch's remainder).
 
     ``DistributedSampler`` turns the permutation into a Python list (about 36 bytes a row: 110 MB at 3M rows); here
-    it stays an int64 tensor and positions are handed out a block at a time."""
+    it stays an int64 tensor and positions are handed out a block at a time.
+
+    ``block_rows > 1`` shuffles runs of that many consecutive positions instead of single ones (the order of the
+    runs is random, the rows inside a run stay together, each rank takes a contiguous share of the shuffled runs):
+    a batch then reads a few contiguous stretches of the memory-mapped store, so each page is read about once per
+    epoch and handing pages back during the epoch (``train.release_pages_every``) costs little. Rows of one run
+    share a batch, so keep it well below the batch size when the table is sorted by time or label."""
 
     BLOCK = 65_536
 
-    def __init__(self, n: int, world_size: int = 1, rank: int = 0, seed: int = 0, skip: int = 0):
+    def __init__(self, n: int, world_size: int = 1, rank: int = 0, seed: int = 0, skip: int = 0, block_rows: int = 1):
         self.n, self.world_size, self.rank, self.seed, self.skip = n, world_size, rank, seed, skip
+        self.block_rows = max(int(block_rows), 1)
         self.epoch = 0
         self.per_rank = math.ceil(n / world_size)
 
@@ -88,18 +95,29 @@ class ShuffledShard(Sampler):
         self.epoch = epoch
 
     def skipping(self, skip: int) -> "ShuffledShard":
-        other = ShuffledShard(self.n, self.world_size, self.rank, self.seed, skip)
+        other = ShuffledShard(self.n, self.world_size, self.rank, self.seed, skip, self.block_rows)
         other.epoch = self.epoch
         return other
+
+    def _order(self, g: torch.Generator) -> torch.Tensor:
+        if self.block_rows == 1:
+            return torch.randperm(self.n, generator=g)
+        runs = torch.randperm(math.ceil(self.n / self.block_rows), generator=g)
+        order = (runs[:, None] * self.block_rows + torch.arange(self.block_rows)).flatten()
+        return order[order < self.n]
 
     def __iter__(self):
         g = torch.Generator()
         g.manual_seed(self.seed + self.epoch)
-        perm = torch.randperm(self.n, generator=g)
+        perm = self._order(g)
         total = self.per_rank * self.world_size
         if total > self.n:  # pad by repeating the permutation, as DistributedSampler does
             perm = torch.cat([perm, perm.repeat(math.ceil((total - self.n) / self.n))[: total - self.n]])
-        mine = perm[self.rank : total : self.world_size][self.skip :]
+        if self.block_rows == 1:
+            mine = perm[self.rank : total : self.world_size]
+        else:  # a contiguous share keeps each run on one rank
+            mine = perm[self.rank * self.per_rank : (self.rank + 1) * self.per_rank]
+        mine = mine[self.skip :]
         for block in mine.split(self.BLOCK):
             yield from block.tolist()
 

@@ -165,7 +165,8 @@ def fit(fabric: Fabric, task: DistillTask, data: PreparedData, train_idx: np.nda
     with_privileged = task.needs_privileged
 
     dataset = RowDataset(data, train_idx, with_privileged=with_privileged, release_every=cfg.release_pages_every)
-    sampler = ShuffledShard(len(dataset), fabric.world_size, fabric.global_rank, cfg.seed)
+    sampler = ShuffledShard(len(dataset), fabric.world_size, fabric.global_rank, cfg.seed,
+                            block_rows=cfg.shuffle_block_rows)
 
     def loader(skip_batches: int) -> DataLoader:
         # Its own generator: creating an iterator draws a seed, which must not shift the global RNG that dropout
