@@ -28,7 +28,7 @@ def paired(a: list[float], b: list[float]) -> tuple[float, float]:
 def fmt(mean: float, se: float) -> str:
     if math.isnan(se):
         return f"{mean:+.4f} (one seed)"
-    verdict = "no difference" if abs(mean) < 2 * se else ("better" if mean > 0 else "worse")
+    verdict = "no difference" if abs(mean) <= 2 * se else ("better" if mean > 0 else "worse")
     return f"{mean:+.4f} ± {se:.4f} ({verdict})"
 
 
