@@ -267,6 +267,10 @@ def evaluate(
     console.print(f"wrote {folder.eval_file}", highlight=False)
 
 
+def _names(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
 @command()
 def compare(
     dataset: DatasetArg,
@@ -297,10 +301,10 @@ def compare(
 
     cfg = _config(config, set_, **{"train.epochs": epochs})
     cfg.train.progress = cfg.train.progress and sys.stderr.isatty()
-    extra = [c.strip() for c in (confidences or "").split(",") if c.strip()]
+    extra = _names(confidences)
     for name in extra:
         CONFIDENCES.get(name)
-    losses = [m.strip() for m in (methods or "").split(",") if m.strip()]
+    losses = _names(methods)
     for name in losses:
         LOSSES.get(name)
     data = _load(dataset, on_bad_video, cfg)
@@ -346,10 +350,6 @@ def report(
     results = collect(data, folder)
     atomic_write_json(folder.results_file, results)
     _show_report(data, results, folder, write_report)
-
-
-def _names(value: str | None) -> list[str]:
-    return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
 def _range(value: str, name: str) -> tuple[float, float]:
