@@ -13,23 +13,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 
+from cpfd.compare import paired_difference
+
 
 def paired(a: list[float], b: list[float]) -> tuple[float, float]:
-    d = np.asarray(a) - np.asarray(b)
-    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
-    return float(d.mean()), se
+    d = paired_difference(a, b)
+    return d["mean"], d["se"]
 
 
-def fmt(mean: float, se: float) -> str:
-    if math.isnan(se):
-        return f"{mean:+.4f} (one seed)"
-    verdict = "no difference" if abs(mean) <= 2 * se else ("better" if mean > 0 else "worse")
-    return f"{mean:+.4f} ± {se:.4f} ({verdict})"
+def fmt(a: list[float], b: list[float]) -> str:
+    d = paired_difference(a, b)
+    if d["n"] < 2:
+        return f"{d['mean']:+.4f} (one seed)"
+    return f"{d['mean']:+.4f} ± {d['se']:.4f} ({d['verdict']})"
 
 
 def scores(results: dict, arm: str, split: str) -> list[float]:
@@ -65,9 +65,9 @@ def main() -> None:
             continue  # e.g. a teacher given as a file has test metrics only
         values = scores(results, arm, args.split)
         row = [arm, f"{np.mean(values):.4f} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.4f}",
-               "" if arm == "pfd" else fmt(*paired(values, pfd))]
+               "" if arm == "pfd" else fmt(values, pfd)]
         if other:
-            row.append(fmt(*paired(values, other[1])))
+            row.append(fmt(values, other[1]))
         worst = e.get("worst_group_f1", {}).get("mean") if args.split == "test" else None
         row.append("" if worst is None else f"{worst:.4f}")
         mass = [w.get("kd_mass_teacher_wrong") for w in e.get("weights", {}).values()]
