@@ -77,24 +77,43 @@ def _rss_parts(pid: int) -> tuple[int, int]:
 def run(cmd: list[str], log: Path) -> dict:
     """Run one command in its own process: wall seconds, its peak RSS (``wait4``: the kernel's high-water mark of
     that process alone) and, sampled every 20 ms, the peaks of its anonymous memory and of its mapped file pages
-    (the memory-mapped store and libraries: clean pages the kernel can drop under pressure)."""
+    (the memory-mapped store and libraries: clean pages the kernel can drop under pressure).
+
+    The log's lines carry the seconds since start, and ``<log>.rss.csv`` holds the samples (every 0.5 s), so a peak
+    can be matched to the pass that made it."""
     start = time.perf_counter()
     peaks = [0, 0]
+    trace: list[tuple[float, int, int]] = []
     with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "CI": "true"})
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "CI": "true"},
+                                text=True, bufsize=1)
         done = threading.Event()
 
         def sample() -> None:
+            last = -1.0
             while not done.is_set():
                 anon, file = _rss_parts(proc.pid)
                 peaks[0], peaks[1] = max(peaks[0], anon), max(peaks[1], file)
+                now = time.perf_counter() - start
+                if now - last >= 0.5:
+                    trace.append((round(now, 2), anon // 1024, file // 1024))
+                    last = now
                 time.sleep(0.02)
 
+        def copy_log() -> None:
+            for line in proc.stdout:
+                fh.write(f"[{time.perf_counter() - start:8.2f}s] {line}")
+                fh.flush()
+
         sampler = threading.Thread(target=sample, daemon=True)
+        copier = threading.Thread(target=copy_log, daemon=True)
         sampler.start()
+        copier.start()
         _, status, usage = os.wait4(proc.pid, 0)
         done.set()
         sampler.join()
+        copier.join()
+    Path(f"{log}.rss.csv").write_text("seconds,anon_mb,file_mb\n" + "".join(f"{t},{a},{f}\n" for t, a, f in trace))
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"{' '.join(cmd)} failed; see {log}")

@@ -229,3 +229,60 @@ def test_row_dataset_hands_pages_back_every_n_batches(tmp_path):
     for k in range(7):
         never.__getitems__([k])
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_row_reader_equals_indexing_the_map_in_any_order(tmp_path, dtype):
+    values = np.arange(50 * 3 * 2, dtype=np.float32).reshape(50, 3, 2).astype(dtype)
+    store.write_array(tmp_path, "x", values)
+    read = store.RowReader(store.open_array(tmp_path, "x"))
+    # runs (3..6), a repeat (DistributedSampler padding), unsorted rows, the first and last rows
+    rows = np.array([49, 3, 4, 5, 6, 0, 6, 17, 16, 48])
+    out = read(rows)
+    assert out.dtype == dtype and out.shape == (10, 3, 2)
+    np.testing.assert_array_equal(out, values[rows])
+    np.testing.assert_array_equal(read(np.arange(50)), values)
+    assert read(np.array([], dtype=np.int64)).shape == (0, 3, 2)
+    with pytest.raises(IndexError, match="out of range"):
+        read(np.array([50]))
+
+
+def test_row_reader_of_a_truncated_store_names_the_file(tmp_path):
+    path = store.write_array(tmp_path, "x", np.ones((100, 4), np.float32))
+    read = store.RowReader(store.open_array(tmp_path, "x"))
+    with open(path, "r+b") as fh:  # damaged after opening: the map still claims 100 rows
+        fh.truncate(path.stat().st_size - 8 * 16)
+    with pytest.raises(store.StoreError, match="x.npy ends before row"):
+        read(np.array([99]))
+
+
+def test_batches_of_rows_leave_the_store_unmapped(tmp_path):
+    """Random batches over a whole store add no file pages to the process (RssFile), unlike indexing the map."""
+    rss_file = lambda: int(next(l for l in open("/proc/self/status") if l.startswith("RssFile")).split()[1])  # kB
+    values = np.random.default_rng(0).normal(size=(100_000, 64)).astype(np.float32)  # 25.6 MB
+    store.write_array(tmp_path, "student.features", values)
+    mapped = store.open_array(tmp_path, "student.features")
+    read = store.RowReader(mapped)
+    order = np.random.default_rng(1).permutation(100_000)
+    before = rss_file()
+    for start in range(0, 100_000, 256):
+        rows = np.sort(order[start : start + 256])
+        assert np.array_equal(read(rows), values[rows])
+    assert rss_file() - before < 2_000  # kB; the map itself would bring in ~25 000
+    for start in range(0, 100_000, 256):
+        mapped[np.sort(order[start : start + 256])]
+    assert rss_file() - before > 12_000  # the check can tell: indexing the map does map its pages
+
+
+def test_row_dataset_reads_the_stores_rows_and_follows_a_replaced_tensor(tmp_path):
+    from cpfd.train.batches import RowDataset
+
+    data = load_dataset(make_dataset(tmp_path / "ds", n=40))
+    assert set(data.readers) == {"student.features", "privileged"}
+    batch = RowDataset(data, np.arange(40), with_privileged=True).__getitems__([7, 2, 30])
+    assert torch.equal(batch["index"], torch.tensor([7, 2, 30]))
+    assert torch.equal(batch["student"]["features"], data.student_inputs["features"][[7, 2, 30]])
+    assert torch.equal(batch["privileged"], data.privileged[[7, 2, 30]])
+    data.privileged = torch.zeros_like(data.privileged)
+    batch = RowDataset(data, np.arange(40), with_privileged=True).__getitems__([7])
+    assert batch["privileged"].abs().sum() == 0

@@ -341,3 +341,21 @@ def test_ddp_teacher_outputs_are_scored_in_rank_shares(tmp_path):
     alone, _ = raw_outputs(run, data)
     for task, z in alone.items():
         torch.testing.assert_close(cached[task], z, atol=1e-5, rtol=1e-5)
+
+
+def test_off_a_terminal_training_prints_plain_progress_lines_not_a_bar(fitted, tmp_path, monkeypatch, capsys):
+    from cpfd.train import loop
+
+    root, data, cfg, fabric = fitted
+    monkeypatch.setattr(loop, "LOG_EVERY_S", 0.0)  # a line after every batch
+    shown = cfg.model_copy(deep=True)
+    shown.train.progress = True
+    shown.train.epochs = 1
+    distill(data, shown, tmp_path / "plain", fabric, root / "teacher")
+    out = capsys.readouterr()
+    train_rows = len(student_train_rows(data, shown))
+    lines = [line for line in out.out.splitlines() if "rows/s, ETA" in line]
+    desc = f"student[{shown.distill.method}]"
+    assert lines and lines[-1].startswith(f"{desc} 1/1: ") and f"{train_rows}/{train_rows} rows" in lines[-1]
+    assert f"{desc} epoch 1/1" in out.out
+    assert "\r" not in out.err and "%|" not in out.err  # pytest's capture is not a terminal: no bar

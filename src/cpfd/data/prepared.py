@@ -76,7 +76,7 @@ class PreparedData:
     root: Path
     ids: np.ndarray
     id_column: str
-    split: np.ndarray
+    split: np.ndarray | pd.Categorical  # compares and indexes like an array of "train" / "val" / "test"
     groups: np.ndarray | None
     tasks: list[TaskInfo]
     student_inputs: dict[str, torch.Tensor]
@@ -91,6 +91,7 @@ class PreparedData:
     inputs_spec: dict = field(default_factory=dict)  # the dataset's student-input declaration (for serving)
     store: Path | None = None
     mapped: list[np.ndarray] = field(default_factory=list, repr=False)  # the memory maps behind the tensors
+    readers: dict[str, store.RowReader] = field(default_factory=dict, repr=False)  # reads of the wide arrays
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -113,14 +114,30 @@ class PreparedData:
 
     def id_fraction(self) -> np.ndarray:
         """A number in [0, 1) per row from its id alone: stable under row order, sharding and other rows."""
-        return np.fromiter((int(hashlib.sha1(str(i).encode()).hexdigest()[:8], 16) / 2**32 for i in self.ids),
-                           dtype=np.float64, count=len(self.ids))
+        out = np.fromiter((int(hashlib.sha1(str(i).encode()).hexdigest()[:8], 16) / 2**32 for i in self.ids),
+                          dtype=np.float64, count=len(self.ids))
+        store.release_pages([self.ids])  # ~100 MB of mapped id pages at 3M rows, read once here
+        return out
 
     def calibration_rows(self, share: float) -> np.ndarray:
         """The validation rows held out from teacher selection to fit its temperature (``share`` of them; all of
         validation when ``share`` is 0)."""
         val = self.split == "val"
         return val & (self.id_fraction() < share) if share > 0 else val
+
+    def student_rows(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The student inputs of ``rows``, read from the store without mapping its pages (:class:`store.RowReader`)."""
+        return {name: self.rows_of(value, rows) for name, value in self.student_inputs.items()}
+
+    def privileged_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.rows_of(self.privileged, rows)
+
+    def rows_of(self, value: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """``value[rows]`` for one of this dataset's arrays; the wide stored ones (student inputs, privileged
+        features) are read with positioned reads, so neither their pages nor a hand-back that evicts them from the
+        page cache are needed."""
+        reader = next((r for r in self.readers.values() if r.address == value.data_ptr()), None)
+        return value[rows] if reader is None else torch.from_numpy(reader(rows.numpy()))
 
     def release_pages(self) -> None:
         """Let the kernel drop the store pages read so far (a long pass over a big table stays small in RAM)."""
@@ -517,9 +534,9 @@ def _open(folder: Path, meta: dict) -> PreparedData:
         return torch.from_numpy(array(name))
 
     tasks = [TaskInfo(**t) for t in meta["tasks"]]
-    return PreparedData(
+    data = PreparedData(
         name=meta["name"], root=Path(meta["root"]), ids=array("ids"), id_column=meta["id_column"],
-        split=array("split"), groups=array("groups") if meta["has_groups"] else None, tasks=tasks,
+        split=_split_column(store.open_array(folder, "split")), groups=array("groups") if meta["has_groups"] else None, tasks=tasks,
         student_inputs={name: tensor(f"student.{name}") for name in meta["student_inputs"]},
         feature_names=meta["feature_names"], privileged=tensor("privileged"),
         privileged_names=meta["privileged_names"],
@@ -527,6 +544,22 @@ def _open(folder: Path, meta: dict) -> PreparedData:
         label_mask={t.name: tensor(f"mask.{t.name}") for t in tasks},
         fingerprint=meta.get("fingerprint", ""), skipped=[SkippedRow(**s) for s in meta["skipped"]],
         extraction=meta["extraction"], inputs_spec=meta["inputs_spec"], store=folder, mapped=mapped)
+    wide = [f"student.{name}" for name in meta["student_inputs"]] + ["privileged"]
+    data.readers = {name: store.RowReader(mapped[k]) for k, name in
+                    ((k, Path(m.filename).stem) for k, m in enumerate(mapped) if isinstance(m, np.memmap))
+                    if name in wide}
+    return data
+
+
+def _split_column(mapped: np.ndarray) -> pd.Categorical:
+    """The split as one byte a row in memory. Kept as the stored strings (20 bytes a row), every ``split == "val"``
+    scan would map the whole array into the process again."""
+    codes = np.empty(len(mapped), dtype=np.int8)
+    for start in range(0, len(mapped), store.COPY_ROWS):
+        block = np.asarray(mapped[start : start + store.COPY_ROWS])
+        codes[start : start + len(block)] = np.select([block == name for name in SPLITS], range(len(SPLITS)), -1)
+    store.release_pages([mapped])
+    return pd.Categorical.from_codes(codes, categories=list(SPLITS))
 
 
 def _locate(folder: Path, meta: dict):

@@ -9,6 +9,10 @@ unchanged data opens the store instead of validating and encoding again.
 Arrays are opened with ``np.load(mmap_mode="c")``: pages come from disk as batches touch them and the kernel can
 drop them again, so memory does not grow with the number of rows. :func:`release_pages` hands touched pages back
 (``MADV_PAGEOUT``) so a pass over a table larger than RAM does not show up as resident memory.
+
+Batches of the wide arrays (student inputs, privileged features) are read with :class:`RowReader` instead of
+through the map: positioned reads into a fresh buffer leave the file's pages in the page cache, outside the
+process's resident memory, however many rows an epoch visits.
 """
 
 from __future__ import annotations
@@ -136,6 +140,67 @@ def subset_arrays(folder: Path, names: Iterable[str], keep: np.ndarray) -> None:
                 out.write(src[idx[start : start + COPY_ROWS]])
         del src
         os.replace(tmp, src_path)
+
+
+class RowReader:
+    """Rows of one stored ``.npy`` array, read with positioned reads (``os.preadv``) into a new array.
+
+    Why not index the memory map: a fault on a mapped page also maps up to 16 neighbouring cached pages
+    (fault-around), so a training epoch that gathers rows at random maps the whole store into the process within a
+    few hundred batches (1.5 GB resident at 3M rows of 128 floats, bench/RESULTS.md), and handing pages back
+    during the epoch makes every batch fault them in again. A positioned read copies only the rows asked for; runs
+    of consecutive rows are one read each, so a sequential pass reads a batch with one call.
+
+    ``array`` is a view opened by :func:`open_array`; an array that is not memory-mapped (empty, or built in
+    memory) is indexed directly. The file is opened lazily in each process (DDP ranks, forked workers)."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+        self.path = getattr(array, "filename", None) if isinstance(array, np.memmap) else None
+        self.offset = int(getattr(array, "offset", 0))
+        self.row_bytes = int(np.prod(array.shape[1:], dtype=np.int64)) * array.dtype.itemsize
+        self.address = array.__array_interface__["data"][0]  # to tell the mapped array from a replacement
+        self._fd: int | None = None
+        self._pid = -1
+
+    def _file(self) -> int:
+        if self._fd is None or self._pid != os.getpid():
+            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        return self._fd
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.path is None or self.row_bytes == 0 or len(rows) == 0:
+            return np.asarray(self.array[rows])
+        if rows.min() < 0 or rows.max() >= len(self.array):
+            raise IndexError(f"row index out of range for {self.path} ({len(self.array)} rows)")
+        order = np.argsort(rows, kind="stable") if np.any(rows[1:] < rows[:-1]) else None
+        ordered = rows if order is None else rows[order]
+        out = np.empty((len(rows), *self.array.shape[1:]), dtype=self.array.dtype)
+        buffer = memoryview(out).cast("B")
+        breaks = np.flatnonzero(np.diff(ordered) != 1) + 1
+        fd = self._file()
+        for start, stop in zip([0, *breaks.tolist()], [*breaks.tolist(), len(rows)]):
+            at, end = start * self.row_bytes, stop * self.row_bytes
+            position = self.offset + int(ordered[start]) * self.row_bytes
+            while at < end:  # a regular file returns short reads only at its end or above 2 GB a call
+                got = os.preadv(fd, [buffer[at:end]], position)
+                if got <= 0:
+                    raise StoreError(f"{self.path} ends before row {int(ordered[start])}: the store is damaged; "
+                                     "delete its folder to rebuild it")
+                at, position = at + got, position + got
+        if order is None:
+            return out
+        unordered = np.empty_like(out)
+        unordered[order] = out
+        return unordered
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fd": None, "_pid": -1}
+
+    def __del__(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
 
 
 def release_pages(arrays: Iterable[np.ndarray]) -> None:

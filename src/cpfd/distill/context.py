@@ -17,7 +17,7 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class TaskContext:
-    split: np.ndarray  # "train" / "val" / "test" per row
+    split: np.ndarray  # "train" / "val" / "test" per row (PreparedData.split: a pd.Categorical that compares alike)
     groups: np.ndarray | None = None  # business scenario per row, when the dataset declares ``group``
     reference_probs: Tensor | None = None  # calibrated probabilities of a no-privileged model, every row
     oracle_labels: Tensor | None = None  # hidden labels (benchmarks only), with ``oracle_mask``

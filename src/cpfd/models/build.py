@@ -72,9 +72,9 @@ def build_teacher(data: PreparedData, cfg: RunConfig, fit: bool = True) -> nn.Mo
                       len(data.privileged_names), group_ids(data, cfg.teacher.groups))
     if fit:
         train = torch.from_numpy(data.indices("train"))
-        teacher.trunk.fit_inputs(data.student_inputs, train, data.release_pages)
+        teacher.trunk.fit_inputs(data.student_inputs, train, data.rows_of)
         if teacher.tower is not None:
-            teacher.tower.fit(data.privileged, train, data.release_pages)
+            teacher.tower.fit(data.privileged, train, data.rows_of)
     return EndToEndTeacher(encoders, teacher) if encoders is not None else teacher
 
 
@@ -83,7 +83,7 @@ def build_student(data: PreparedData, cfg: RunConfig, fit: bool = True) -> nn.Mo
     encoders = build_encoders(data, cfg)
     student = Student(input_shapes(data, encoders), task_outputs(data), cfg.model)
     if fit:
-        student.trunk.fit_inputs(data.student_inputs, torch.from_numpy(data.indices("train")), data.release_pages)
+        student.trunk.fit_inputs(data.student_inputs, torch.from_numpy(data.indices("train")), data.rows_of)
     return EndToEndStudent(encoders, student) if encoders is not None else student
 
 

@@ -30,9 +30,9 @@ class VectorTokens(nn.Module):
         self.proj = nn.Linear(in_dim, n_tokens * d_model)
 
     @torch.no_grad()
-    def fit(self, values: Tensor, rows: Tensor | None = None, release=None) -> None:
+    def fit(self, values: Tensor, rows: Tensor | None = None, read=None) -> None:
         """Column mean/std of the train rows ``values[rows]`` (streamed, :mod:`cpfd.models.statistics`)."""
-        mean, std, _ = column_moments(values, rows, release=release)
+        mean, std, _ = column_moments(values, rows, read=read)
         if (len(values) if rows is None else len(rows)) < 2:
             std = torch.ones_like(std)
         self.mean.copy_(mean)
@@ -94,10 +94,10 @@ class FusionTrunk(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.out_dim = d
 
-    def fit_inputs(self, inputs: dict[str, Tensor], rows: Tensor | None = None, release=None) -> None:
+    def fit_inputs(self, inputs: dict[str, Tensor], rows: Tensor | None = None, read=None) -> None:
         """Fit input statistics (numeric-feature standardisation) on the train rows ``rows`` of ``inputs``."""
         if "features" in self.tokenizers:
-            self.tokenizers["features"].fit(inputs["features"], rows, release)
+            self.tokenizers["features"].fit(inputs["features"], rows, read)
 
     def forward(
         self,

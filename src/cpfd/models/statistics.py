@@ -14,26 +14,31 @@ from torch import Tensor
 BLOCK_ROWS = 8_192  # float64 temporaries of a block stay a few MB
 
 
-def _blocks(values: Tensor, rows: Tensor | None, release: Callable[[], None] | None):
+Read = Callable[[Tensor, Tensor], Tensor]  # (values, rows) -> values[rows], e.g. PreparedData.rows_of
+
+
+def _blocks(values: Tensor, rows: Tensor | None, read: Read | None):
     n = len(values) if rows is None else len(rows)
     for start in range(0, n, BLOCK_ROWS):
-        block = values[start : start + BLOCK_ROWS] if rows is None else values[rows[start : start + BLOCK_ROWS]]
+        if read is not None:
+            idx = torch.arange(start, min(start + BLOCK_ROWS, n)) if rows is None else rows[start : start + BLOCK_ROWS]
+            block = read(values, idx)
+        else:
+            block = values[start : start + BLOCK_ROWS] if rows is None else values[rows[start : start + BLOCK_ROWS]]
         yield block.double()
-        if release is not None:
-            release()
 
 
 def column_moments(values: Tensor, rows: Tensor | None = None, transform: Callable[[Tensor], Tensor] | None = None,
-                   release: Callable[[], None] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                   read: Read | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Per-column mean, standard deviation (population) and skewness of ``transform(values[rows])``, ignoring NaN.
 
-    Two passes (mean, then centred powers) in float64 per block; returns float32 tensors. ``release`` runs after
-    each block (hand the memory-mapped pages read so far back to the kernel)."""
+    Two passes (mean, then centred powers) in float64 per block; returns float32 tensors. ``read`` fetches a block
+    of rows (the dataset store's reads, which leave its pages out of the process; default: indexing)."""
     transform = transform or (lambda x: x)
     width = values.shape[1]
     count = torch.zeros(width, dtype=torch.float64)
     total = torch.zeros(width, dtype=torch.float64)
-    for block in _blocks(values, rows, release):
+    for block in _blocks(values, rows, read):
         block = transform(block)
         finite = ~torch.isnan(block)
         count += finite.sum(0)
@@ -42,7 +47,7 @@ def column_moments(values: Tensor, rows: Tensor | None = None, transform: Callab
     mean = total / count
     m2 = torch.zeros(width, dtype=torch.float64)
     m3 = torch.zeros(width, dtype=torch.float64)
-    for block in _blocks(values, rows, release):
+    for block in _blocks(values, rows, read):
         centred = torch.where(torch.isnan(block), 0.0, transform(block) - mean)
         centred = torch.where(torch.isnan(centred), 0.0, centred)
         m2 += (centred**2).sum(0)

@@ -41,15 +41,15 @@ class DenseTower(nn.Module):
         self.out_dim = width
 
     @torch.no_grad()
-    def fit(self, values: Tensor, rows: Tensor | None = None, release=None) -> None:
+    def fit(self, values: Tensor, rows: Tensor | None = None, read=None) -> None:
         """Per-feature mean/std from train rows (``values[rows]``), ignoring NaN; constant or all-missing columns
         get std 1.
 
         Heavy-tailed columns (|skewness| > ``HEAVY_TAIL_SKEW`` on train: counts, amounts, view histories) are
         first mapped through sign(x)·log(1 + |x|), so a few extreme rows do not squash the rest to zero."""
-        _, _, skew = column_moments(values, rows, release=release)
+        _, _, skew = column_moments(values, rows, read=read)
         self.log_scale.copy_(skew.abs() > HEAVY_TAIL_SKEW)
-        mean, std, _ = column_moments(values, rows, self._shape, release)
+        mean, std, _ = column_moments(values, rows, self._shape, read)
         self.mean.copy_(mean)
         self.std.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)))
 

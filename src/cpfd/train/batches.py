@@ -31,8 +31,8 @@ def as_model_input(value: torch.Tensor) -> torch.Tensor:
 class RowDataset(Dataset):
     """Rows ``indices`` of ``data``, fetched a batch at a time (``__getitems__``) to avoid per-row Python work.
 
-    The rows of a batch are gathered from the memory-mapped store with one vectorised index read per array, in
-    ascending row order so neighbouring rows share disk pages."""
+    The wide arrays of a batch are read from the store with positioned reads, one per run of consecutive rows
+    (:class:`~cpfd.data.store.RowReader`), so an epoch's random rows never map the store into the process."""
 
     def __init__(self, data: PreparedData, indices: np.ndarray, with_privileged: bool = False,
                  release_every: int | None = None):
@@ -56,12 +56,12 @@ class RowDataset(Dataset):
             d.release_pages()
         batch = {
             "index": rows,
-            "student": {name: as_model_input(value[rows]) for name, value in d.student_inputs.items()},
+            "student": {name: as_model_input(value) for name, value in d.student_rows(rows).items()},
             "labels": {t: y[rows] for t, y in d.labels.items()},
             "label_mask": {t: m[rows] for t, m in d.label_mask.items()},
         }
         if self.with_privileged:
-            batch["privileged"] = d.privileged[rows]
+            batch["privileged"] = d.privileged_rows(rows)
         return batch
 
 

@@ -178,8 +178,10 @@ def fit(fabric: Fabric, task: DistillTask, data: PreparedData, train_idx: np.nda
     # Not fabric.setup_dataloaders: its wrapper calls sampler.set_epoch(number of passes so far), which would
     # replay epoch 0's order after a resume; we set the epoch ourselves and move batches with fabric.to_device.
     loggers = [CSVLogger(run.logs, name="csv"), TensorBoardLogger(run.logs, name="tensorboard")]
-    show = cfg.progress and fabric.is_global_zero
-    # Without bars (not a terminal, e.g. CI or a log file) a plain line every LOG_EVERY_S seconds says where it is.
+    # A bar only on a terminal; elsewhere (CI, a log file, a pipe) a plain line every LOG_EVERY_S seconds says where
+    # training is, and with ``progress`` every epoch's summary too.
+    show = cfg.progress and fabric.is_global_zero and sys.stderr.isatty()
+    plain = fabric.is_global_zero and not show
     last_line = time.monotonic()
 
     last_save = time.monotonic()
@@ -218,6 +220,13 @@ def fit(fabric: Fabric, task: DistillTask, data: PreparedData, train_idx: np.nda
             rows += len(batch["index"])
             bar.update(len(batch["index"]))
             bar.set_postfix(loss=f"{float(out['loss'].detach()):.4f}")
+            if plain and time.monotonic() - last_line >= LOG_EVERY_S:
+                rate = (rows - rows_before) * fabric.world_size / max(time.perf_counter() - tic, 1e-9)
+                done = min(rows * fabric.world_size, len(sampler) * fabric.world_size)
+                total = len(sampler) * fabric.world_size
+                fabric.print(f"{desc} {epoch + 1}/{budget.epochs}: {done}/{total} rows ({rate:.0f} rows/s, ETA "
+                             f"{(total - done) / max(rate, 1e-9):.0f} s)", flush=True)
+                last_line = time.monotonic()
             if checkpoint_due(step + steps) and steps < len(epoch_loader) + (partial or {}).get("steps", 0):
                 # Mid-epoch: the same one-file state, plus where in this epoch's order training stands.
                 state["in_epoch"] = {"epoch": epoch, "steps": steps, "rows": rows, "sums": sums}
@@ -257,7 +266,7 @@ def fit(fabric: Fabric, task: DistillTask, data: PreparedData, train_idx: np.nda
                 f"{val['mean_f1']:.4f}{' *' if improved else ''} ({record['rows_per_s']:.0f} rows/s)")
         if show:
             tqdm.write(line)
-        elif fabric.is_global_zero and time.monotonic() - last_line >= LOG_EVERY_S:
+        elif plain and (cfg.progress or time.monotonic() - last_line >= LOG_EVERY_S):
             fabric.print(line, flush=True)
             last_line = time.monotonic()
         if step - state["best_step"] >= budget.patience_steps and step >= budget.min_steps:

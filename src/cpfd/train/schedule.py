@@ -237,7 +237,7 @@ def confidence_contexts(data: PreparedData, objective, reference_dir=None, oracl
             fold_probs = torch.stack([task_probs(f[task.name], task.kind, t) for f in folds])
         contexts[task.name] = TaskContext(
             fold_probs=fold_probs,
-            split=np.asarray(data.split), groups=data.groups, reference_probs=ref_probs,
+            split=data.split, groups=data.groups, reference_probs=ref_probs,
             oracle_labels=oracle.labels.get(task.name) if hidden else None,
             oracle_mask=oracle.mask.get(task.name) if hidden else None)
     return contexts
@@ -329,7 +329,7 @@ def fit_summary(result) -> dict:
 
 
 def evaluate_student(data: PreparedData, student) -> dict:
-    scored = np.flatnonzero(np.isin(data.split, ["val", "test"]))  # thresholds tune on val, metrics on test
+    scored = np.flatnonzero((data.split == "val") | (data.split == "test"))  # thresholds tune on val, metrics on test
     preds = predict(unwrap(student), data, scored, progress="evaluation")
     return {"test": evaluate_logits(data, preds["logits"]), "val": evaluate_logits(data, preds["logits"], "val")}
 
