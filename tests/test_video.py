@@ -394,3 +394,34 @@ def test_extract_with_two_ranks_builds_the_store_from_their_shares(tmp_path):
     logs: list[str] = []
     load_dataset(folder, extract=ExtractConfig(**{**SMALL, "cache_dir": str(tmp_path / "shared")}), log=logs.append)
     assert _shard_files(tmp_path / "shared") == shards and not any("encoded" in m for m in logs)
+
+
+def test_demo_history_goes_stale_after_the_teachers_rows_and_only_in_two_categories(tmp_path):
+    import pandas as pd
+
+    from cpfd.demo import CATEGORIES, STALE_DONOR, generate
+
+    # No label noise, so the labels are the categories the history was generated from.
+    drifted = pd.read_parquet(generate(tmp_path / "d", n_labelled=60, n_unlabelled=40, noise=0.0) / "data.parquet")
+    control = pd.read_parquet(generate(tmp_path / "c", n_labelled=60, n_unlabelled=40, noise=0.0, drift=False)
+                              / "data.parquet")
+    hidden = pd.read_parquet(tmp_path / "d" / "hidden_labels.parquet")
+    dense = [c for c in drifted if c.startswith("dense_")]
+    clicks = [f"dense_clicks_{c}" for c in CATEGORIES]
+    labelled = drifted.index < 60
+    true_category = pd.concat([drifted["category"][labelled], hidden["category"]], ignore_index=True)
+    assert drifted["scenario"].tolist() == control["scenario"].tolist()
+    assert set(true_category[drifted["scenario"] == "stale"]) <= set(STALE_DONOR)
+    assert (drifted["scenario"][~labelled] != "new_upload").all() and drifted[dense][~labelled].notna().all().all()
+    assert drifted[dense][drifted["scenario"] == "new_upload"].isna().all().all()
+    # The teacher's rows (labelled train) and every non-stale row: the same fresh history in both datasets.
+    fresh = (labelled & (drifted["split"] == "train")) | (drifted["scenario"] != "stale")
+    pd.testing.assert_frame_equal(drifted.loc[fresh, dense], control.loc[fresh, dense])
+    # Current stale rows: the clicks of the category the listing used to be.
+    now = ~fresh
+    assert now.sum() > 0
+    peak = drifted.loc[now, clicks].to_numpy().argmax(1)
+    assert [CATEGORIES[k] for k in peak] == [STALE_DONOR[c] for c in true_category[now]]
+    assert (control.loc[now, clicks].to_numpy().argmax(1) == [CATEGORIES.index(c) for c in true_category[now]]).all()
+    assert hidden["video_id"].tolist() == drifted["video_id"][~labelled].tolist()
+    assert drifted.loc[~labelled, ["is_spam", "category", "tags"]].isna().all().all()

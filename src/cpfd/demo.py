@@ -3,10 +3,19 @@
 Clips of two seconds with a moving shape, a coloured background and overlay text are written as mp4 (OpenCV,
 ``mp4v``), each with a title. Privileged dense "historical" features (uploader spam history, click
 distribution over categories, audio music score, young-viewer share) carry information the frames and title do
-not. Three tasks with label noise: ``spam`` (binary), ``category`` (4 classes), ``tags`` (multilabel). Three
-business scenarios make the teacher's reliability uneven: ``mature`` videos have accurate history, ``new_upload``
-videos have none (all privileged values missing), ``stale`` videos have history that is mostly noise. Half of
+not. Three tasks with label noise: ``spam`` (binary), ``category`` (4 classes), ``tags`` (multilabel). Half of
 the train rows carry no label (privileged features only), as in production.
+
+Three business scenarios make the teacher unreliable where confidence weighting can help (``method.md``, "When
+can confidence weighting beat uniform PFD?"): ``mature`` videos have accurate history, ``new_upload`` videos
+(20 %) have none (all privileged values missing), and ``stale`` videos — 60 % of the ``gaming`` and ``travel``
+ones — carry the history of what the listing used to be: clicks of ``sports`` / ``cooking`` viewers and the
+uploader's old spam record. The labelled train rows were logged when that history was still fresh, so the
+teacher learns to trust it and is confidently wrong on the stale rows of current data (validation, test and the
+unlabelled rows), concentrated in two categories the student can partly see. ``drift=False`` writes the
+in-distribution control: the same scenarios with accurate history everywhere. The labels of the unlabelled rows
+go to ``hidden_labels.parquet`` beside the table, for the oracle-gate control of benchmarks
+(``cpfd compare --oracle-labels``); the dataset never reads it.
 """
 
 from __future__ import annotations
@@ -23,7 +32,9 @@ SHAPES = ["circle", "square", "triangle", "cross"]
 CATEGORY_WORDS = {"sports": ["match", "goal", "team"], "cooking": ["recipe", "dinner", "bake"],
                   "gaming": ["level", "boss", "speedrun"], "travel": ["beach", "city", "trip"]}
 FILLER = ["my", "best", "new", "video", "today", "watch", "this", "look", "day", "part"]
-GROUPS = {"mature": 0.5, "new_upload": 0.25, "stale": 0.25}
+NEW_UPLOAD_SHARE = 0.2  # labelled rows without history (unlabelled rows always have some: they exist for the teacher)
+STALE_DONOR = {"gaming": "sports", "travel": "cooking"}  # stale history: clicks of the category the listing used to be
+STALE_SHARE = 0.6  # of the donor-affected categories' videos
 
 
 def _draw(shape: str, frame: np.ndarray, centre: tuple[int, int], radius: int, colour: tuple[int, int, int]) -> None:
@@ -63,16 +74,25 @@ def write_clip(path: Path, shape: str, background: tuple[int, int, int], colour:
 
 
 def generate(folder: str | Path, n_labelled: int = 300, n_unlabelled: int = 300, seed: int = 0,
-             noise: float = 0.1) -> Path:
-    """Write ``folder/dataset.yaml``, ``folder/data.parquet`` and ``folder/clips/*.mp4``; returns the folder."""
+             noise: float = 0.1, drift: bool = True) -> Path:
+    """Write ``folder/dataset.yaml``, ``folder/data.parquet``, ``folder/clips/*.mp4`` and
+    ``folder/hidden_labels.parquet``; returns the folder. ``drift=False``: the in-distribution control."""
     folder = Path(folder)
     (folder / "clips").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     n = n_labelled + n_unlabelled
-    group = rng.choice(list(GROUPS), n, p=list(GROUPS.values()))
-    # Unlabelled rows are only useful (and only allowed) with privileged features: no new uploads among them.
-    group[n_labelled:] = rng.choice(["mature", "stale"], n_unlabelled, p=[2 / 3, 1 / 3])
+    split = np.array(["train"] * n, dtype=object)
+    order = rng.permutation(n_labelled)
+    split[order[int(0.6 * n_labelled): int(0.8 * n_labelled)]] = "val"
+    split[order[int(0.8 * n_labelled):]] = "test"
     category = rng.integers(0, 4, n)
+    # Unlabelled rows are only useful (and only allowed) with privileged features: no new uploads among them.
+    new_upload = (rng.random(n) < NEW_UPLOAD_SHARE) & (np.arange(n) < n_labelled)
+    donor_of = {CATEGORIES.index(c): CATEGORIES.index(d) for c, d in STALE_DONOR.items()}
+    stale = np.isin(category, list(donor_of)) & (rng.random(n) < STALE_SHARE) & ~new_upload
+    group = np.where(new_upload, "new_upload", np.where(stale, "stale", "mature"))
+    # History went stale after the labelled train rows were logged: the teacher never sees a stale history.
+    stale_now = stale & ~((np.arange(n) < n_labelled) & (split == "train")) & drift
     spam_propensity = rng.beta(1.2, 3.0, n)  # uploader history: the strongest spam signal, offline only
     spam = (spam_propensity + 0.08 * rng.normal(size=n)) > 0.4
     music = rng.random(n) < 0.35
@@ -98,16 +118,16 @@ def generate(folder: str | Path, n_labelled: int = 300, n_unlabelled: int = 300,
         if spam[i] and rng.random() < 0.25:
             words.append("free")
         rng.shuffle(words)
-        # Privileged history; missing for new uploads, mostly noise when stale.
+        # Privileged history: missing for new uploads; a stale one is the listing's former category's clicks and
+        # the uploader's old record (a spammer then is clean now, and the other way round).
         clicks = rng.dirichlet(np.ones(4) * 0.5) * 0.3
-        clicks[category[i]] += 0.7
-        dense = {"dense_spam_rate": spam_propensity[i], "dense_music_score": 0.7 * music[i] + 0.3 * rng.random(),
+        clicks[donor_of[category[i]] if stale_now[i] else category[i]] += 0.7
+        spam_rate = max(0.7 - spam_propensity[i], 0.0) if stale_now[i] else spam_propensity[i]
+        dense = {"dense_spam_rate": spam_rate, "dense_music_score": 0.7 * music[i] + 0.3 * rng.random(),
                  "dense_young_share": 0.6 * kids[i] + 0.4 * rng.random(),
                  **{f"dense_clicks_{c}": clicks[k] for k, c in enumerate(CATEGORIES)}}
         if group[i] == "new_upload":
             dense = {k: np.nan for k in dense}
-        elif group[i] == "stale":
-            dense = {k: (v if rng.random() < 0.3 else rng.random()) for k, v in dense.items()}
         records.append({"video_id": f"clip{i:04d}", "video_path": f"clips/{clip.name}", "title": " ".join(words),
                         "scenario": group[i], **dense})
     df = pd.DataFrame(records)
@@ -123,11 +143,9 @@ def generate(folder: str | Path, n_labelled: int = 300, n_unlabelled: int = 300,
     tag_matrix = np.stack([outdoor, music, kids], 1)
     tag_matrix = np.where(rng.random(tag_matrix.shape) < noise / 2, ~tag_matrix, tag_matrix)
     df["tags"] = ["|".join(t for t, on in zip(TAGS, row) if on) for row in tag_matrix]
-    split = np.array(["train"] * n, dtype=object)
-    order = rng.permutation(n_labelled)
-    split[order[int(0.6 * n_labelled): int(0.8 * n_labelled)]] = "val"
-    split[order[int(0.8 * n_labelled):]] = "test"
     df["split"] = split
+    hidden = df.loc[n_labelled:, ["video_id", "is_spam", "category", "tags"]]
+    hidden.to_parquet(folder / "hidden_labels.parquet", index=False)
     for col in ("is_spam", "category", "tags"):
         df[col] = df[col].astype(object)
         df.loc[n_labelled:, col] = None
