@@ -8,7 +8,7 @@ the train rows carry no label (privileged features only), as in production.
 
 Three business scenarios make the teacher unreliable where confidence weighting can help (``method.md``, "When
 can confidence weighting beat uniform PFD?"): ``mature`` videos have accurate history, ``new_upload`` videos
-(20 %) have none (all privileged values missing), and ``stale`` videos — 60 % of the ``gaming`` and ``travel``
+(20 %) have none (all privileged values missing), and ``stale`` videos — 80 % of the ``gaming`` and ``travel``
 ones — carry the history of what the listing used to be: clicks of ``sports`` / ``cooking`` viewers and the
 uploader's old spam record. The labelled train rows were logged when that history was still fresh, so the
 teacher learns to trust it and is confidently wrong on the stale rows of current data (validation, test and the
@@ -34,7 +34,7 @@ CATEGORY_WORDS = {"sports": ["match", "goal", "team"], "cooking": ["recipe", "di
 FILLER = ["my", "best", "new", "video", "today", "watch", "this", "look", "day", "part"]
 NEW_UPLOAD_SHARE = 0.2  # labelled rows without history (unlabelled rows always have some: they exist for the teacher)
 STALE_DONOR = {"gaming": "sports", "travel": "cooking"}  # stale history: clicks of the category the listing used to be
-STALE_SHARE = 0.6  # of the donor-affected categories' videos
+STALE_SHARE = 0.8  # of the donor-affected categories' videos
 
 
 def _draw(shape: str, frame: np.ndarray, centre: tuple[int, int], radius: int, colour: tuple[int, int, int]) -> None:
