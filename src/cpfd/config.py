@@ -187,9 +187,9 @@ class TrainConfig(_Strict):
     shuffle_block_rows: int = Field(1, ge=1, description="shuffle runs of this many consecutive train rows instead of "
                                     "single rows: batches read contiguous stretches of the store, so "
                                     "release_pages_every costs little (1: every row on its own)")
-    release_pages_every: int = Field(0, ge=0, description="training batches between hand-backs of the memory-mapped "
-                                     "store's pages (bounds resident memory on tables larger than RAM, at a cost in "
-                                     "speed; 0: at the end of each pass)")
+    release_pages_every: int = Field(0, ge=0, description="training batches between hand-backs of the pages of the "
+                                     "store's memory-mapped narrow arrays (labels, masks; the wide ones are read "
+                                     "without mapping); 0: at the end of each pass")
 
 
 class RunConfig(_Strict):

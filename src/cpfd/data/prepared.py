@@ -536,7 +536,8 @@ def _open(folder: Path, meta: dict) -> PreparedData:
     tasks = [TaskInfo(**t) for t in meta["tasks"]]
     data = PreparedData(
         name=meta["name"], root=Path(meta["root"]), ids=array("ids"), id_column=meta["id_column"],
-        split=_split_column(store.open_array(folder, "split")), groups=array("groups") if meta["has_groups"] else None, tasks=tasks,
+        split=_split_column(store.open_array(folder, "split")),
+        groups=array("groups") if meta["has_groups"] else None, tasks=tasks,
         student_inputs={name: tensor(f"student.{name}") for name in meta["student_inputs"]},
         feature_names=meta["feature_names"], privileged=tensor("privileged"),
         privileged_names=meta["privileged_names"],
@@ -544,10 +545,9 @@ def _open(folder: Path, meta: dict) -> PreparedData:
         label_mask={t.name: tensor(f"mask.{t.name}") for t in tasks},
         fingerprint=meta.get("fingerprint", ""), skipped=[SkippedRow(**s) for s in meta["skipped"]],
         extraction=meta["extraction"], inputs_spec=meta["inputs_spec"], store=folder, mapped=mapped)
-    wide = [f"student.{name}" for name in meta["student_inputs"]] + ["privileged"]
-    data.readers = {name: store.RowReader(mapped[k]) for k, name in
-                    ((k, Path(m.filename).stem) for k, m in enumerate(mapped) if isinstance(m, np.memmap))
-                    if name in wide}
+    wide = {f"student.{name}" for name in meta["student_inputs"]} | {"privileged"}
+    data.readers = {Path(m.filename).stem: store.RowReader(m) for m in mapped
+                    if isinstance(m, np.memmap) and Path(m.filename).stem in wide}
     return data
 
 

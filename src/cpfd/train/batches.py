@@ -16,10 +16,9 @@ from torch.utils.data import Dataset, Sampler
 from cpfd.data.prepared import PreparedData
 
 
-# Batches between hand-backs of store pages by default (PreparedData.release_pages); 0: only at the end of each pass
-# (train.release_pages_every). Pages of the memory-mapped store are clean file pages the kernel reclaims under
-# memory pressure; handing them back every 64 batches bounded resident memory but cut training speed to 0.56 of
-# the model's at 1M rows (every batch faults its rows in again; bench/RESULTS.md).
+# Batches between hand-backs of mapped store pages by default (PreparedData.release_pages); 0: only at the end of
+# each pass (train.release_pages_every). Only the narrow arrays (labels, masks) are still gathered through the map;
+# the wide ones go through store.RowReader.
 RELEASE_EVERY = 0
 
 
