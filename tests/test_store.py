@@ -141,6 +141,10 @@ def test_column_moments_stream_over_blocks_and_ignore_nan(monkeypatch):
     assert std[0].item() == pytest.approx(3.5**0.5)
     assert skew[0].item() == pytest.approx(4.5 / 3.5**1.5, rel=1e-5)
     assert std[1].item() == pytest.approx(np.std([5.0, 5.0, 9.0]))
+    asked = []
+    read = lambda v, r: (asked.append(r.tolist()), v[r])[1]  # noqa: E731
+    assert statistics.column_moments(values, rows, read=read)[0].tolist() == pytest.approx([3.0, 19 / 3])
+    assert asked == [[0, 1], [2, 4]] * 2  # two passes, blocks of 2 rows, through ``read``
 
 
 def test_released_pages_keep_in_place_edits(tmp_path):

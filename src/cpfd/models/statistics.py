@@ -18,14 +18,11 @@ Read = Callable[[Tensor, Tensor], Tensor]  # (values, rows) -> values[rows], e.g
 
 
 def _blocks(values: Tensor, rows: Tensor | None, read: Read | None):
+    read = read or (lambda v, idx: v[idx])
     n = len(values) if rows is None else len(rows)
     for start in range(0, n, BLOCK_ROWS):
-        if read is not None:
-            idx = torch.arange(start, min(start + BLOCK_ROWS, n)) if rows is None else rows[start : start + BLOCK_ROWS]
-            block = read(values, idx)
-        else:
-            block = values[start : start + BLOCK_ROWS] if rows is None else values[rows[start : start + BLOCK_ROWS]]
-        yield block.double()
+        stop = min(start + BLOCK_ROWS, n)
+        yield read(values, torch.arange(start, stop) if rows is None else rows[start:stop]).double()
 
 
 def column_moments(values: Tensor, rows: Tensor | None = None, transform: Callable[[Tensor], Tensor] | None = None,
