@@ -222,8 +222,8 @@ def fit(fabric: Fabric, task: DistillTask, data: PreparedData, train_idx: np.nda
             bar.set_postfix(loss=f"{float(out['loss'].detach()):.4f}")
             if plain and time.monotonic() - last_line >= LOG_EVERY_S:
                 rate = (rows - rows_before) * fabric.world_size / max(time.perf_counter() - tic, 1e-9)
-                done = min(rows * fabric.world_size, len(sampler) * fabric.world_size)
                 total = len(sampler) * fabric.world_size
+                done = min(rows * fabric.world_size, total)
                 fabric.print(f"{desc} {epoch + 1}/{budget.epochs}: {done}/{total} rows ({rate:.0f} rows/s, ETA "
                              f"{(total - done) / max(rate, 1e-9):.0f} s)", flush=True)
                 last_line = time.monotonic()
