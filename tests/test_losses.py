@@ -306,8 +306,9 @@ def test_gap_closed():
 
 
 def test_effective_sample_size():
-    assert effective_sample_size(np.array([1.0, 1.0, 0.0, 0.0])) == pytest.approx(0.5)
-    assert effective_sample_size(np.ones(10)) == pytest.approx(1.0)
+    assert effective_sample_size(2.0, 2.0, 4) == pytest.approx(0.5)  # w = 1, 1, 0, 0
+    assert effective_sample_size(10.0, 10.0, 10) == pytest.approx(1.0)  # equal weights
+    assert effective_sample_size(0.0, 0.0, 3) == 0.0
 
 
 def test_precomputed_confidence_gives_the_same_loss():

@@ -224,7 +224,7 @@ def test_row_dataset_hands_pages_back_every_n_batches(tmp_path):
 
     data = load_dataset(make_dataset(tmp_path / "ds", n=40))
     calls = []
-    data.release_pages = lambda: calls.append(1)
+    data.release_memory = lambda: calls.append(1)
     rows = RowDataset(data, np.arange(40), release_every=3)
     for k in range(7):
         rows.__getitems__([k])
@@ -290,3 +290,28 @@ def test_row_dataset_reads_the_stores_rows_and_follows_a_replaced_tensor(tmp_pat
     data.privileged = torch.zeros_like(data.privileged)
     batch = RowDataset(data, np.arange(40), with_privileged=True).__getitems__([7])
     assert batch["privileged"].abs().sum() == 0
+
+
+def test_calibration_rows_come_from_the_ids_of_validation_rows_alone(tmp_path):
+    import hashlib
+
+    data = load_dataset(make_dataset(tmp_path / "ds", n=400))
+    val = np.asarray(data.split == "val")
+    # The rule: the first 8 hex digits of sha1(id) / 2**32 below the share, among validation rows.
+    fraction = np.array([int(hashlib.sha1(str(i).encode()).hexdigest()[:8], 16) / 2**32 for i in data.ids])
+    for share in (0.3, 0.5):
+        calib = data.calibration_rows(share)
+        assert calib.dtype == bool and calib.shape == (400,)
+        np.testing.assert_array_equal(calib, val & (fraction < share))
+    np.testing.assert_array_equal(data.calibration_rows(0.0), val)
+    rows = np.array([5, 2, 5, 399])
+    np.testing.assert_array_equal(data.id_fraction(rows), fraction[rows])
+
+
+def test_split_column_is_read_in_blocks(tmp_path, monkeypatch):
+    monkeypatch.setattr(store, "COPY_ROWS", 7)
+    stored = np.array(["train", "val", "test", "train"] * 10, dtype="<U5")
+    np.save(tmp_path / "split.npy", stored)
+    split = prepared._split_column(store.open_array(tmp_path, "split"))
+    np.testing.assert_array_equal(np.asarray(split), stored)
+    assert split.codes.dtype == np.int8

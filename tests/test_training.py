@@ -359,3 +359,36 @@ def test_off_a_terminal_training_prints_plain_progress_lines_not_a_bar(fitted, t
     assert lines and lines[-1].startswith(f"{desc} 1/1: ") and f"{train_rows}/{train_rows} rows" in lines[-1]
     assert f"{desc} epoch 1/1" in out.out
     assert "\r" not in out.err and "%|" not in out.err  # pytest's capture is not a terminal: no bar
+
+
+def test_weight_diagnostics_in_chunks_equal_one_pass(fitted, monkeypatch):
+    """The diagnostics stream over chunks of rows; their sums and histogram equal the whole-array computation."""
+    from cpfd.distill.probs import task_probs
+    from cpfd.distill.task import CachedTeacher, DistillTask
+    from cpfd.evaluate import diagnostics
+    from cpfd.models.build import build_student
+    from cpfd.registry import LOSSES
+
+    root, data, cfg, _ = fitted
+    targets = teacher_targets(root / "teacher", data, log=lambda _m: None)
+    objective = LOSSES.get("cpfd")(cfg.distill, {t.name: t.kind for t in data.tasks}, targets.temperatures)
+    task = DistillTask(build_student(data, cfg), objective, CachedTeacher(targets))
+    task.prepare(data.labels, data.label_mask)
+    rows = student_train_rows(data, cfg)
+    whole = diagnostics.weight_diagnostics(task, data, targets, rows)["spam"]
+    monkeypatch.setattr(diagnostics, "CHUNK_ROWS", 7)
+    chunked = diagnostics.weight_diagnostics(task, data, targets, rows)["spam"]
+    assert chunked["histogram"] == whole["histogram"] and chunked["rows_judged"] == whole["rows_judged"]
+    for key in ("kd_mass_teacher_wrong", "mean_weight", "ess_fraction", "mean_weight_teacher_correct",
+                "mean_weight_teacher_wrong", "teacher_error_rate"):
+        assert chunked[key] == pytest.approx(whole[key], rel=1e-9), key
+    # Against the weights computed directly over every row at once.
+    idx = torch.as_tensor(rows)
+    w = task.row_weights(idx, data.labels, data.label_mask, targets.logits)["spam"].double()
+    known = data.label_mask["spam"][idx]
+    probs = task_probs(targets.logits["spam"][idx], data.task("spam").kind, targets.temperatures["spam"])
+    wrong = known & ~data.task("spam").kind.correct(probs, data.labels["spam"][idx])
+    assert whole["mean_weight"] == pytest.approx(float(w.mean()))
+    assert whole["ess_fraction"] == pytest.approx(float(w.sum() ** 2 / (len(w) * (w**2).sum())))
+    assert whole["kd_mass_teacher_wrong"] == pytest.approx(float(w[wrong].sum() / w[known].sum()))
+    assert whole["rows_judged"] == int(known.sum()) == 120  # the labelled train rows

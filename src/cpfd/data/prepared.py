@@ -112,18 +112,24 @@ class PreparedData:
     def task(self, name: str) -> TaskInfo:
         return next(t for t in self.tasks if t.name == name)
 
-    def id_fraction(self) -> np.ndarray:
-        """A number in [0, 1) per row from its id alone: stable under row order, sharding and other rows."""
-        out = np.fromiter((int(hashlib.sha1(str(i).encode()).hexdigest()[:8], 16) / 2**32 for i in self.ids),
-                          dtype=np.float64, count=len(self.ids))
-        store.release_pages([self.ids])  # ~100 MB of mapped id pages at 3M rows, read once here
-        return out
+    def id_fraction(self, rows: np.ndarray) -> np.ndarray:
+        """A number in [0, 1) per row of ``rows`` from its id alone: stable under row order, sharding and other
+        rows. Callers ask for the rows they need (validation rows): the ids are read with positioned reads, so the
+        id pages of the whole table never enter the process."""
+        ids = store.RowReader(self.ids)(np.asarray(rows, dtype=np.int64))
+        return np.fromiter((int(hashlib.sha1(str(i).encode()).hexdigest()[:8], 16) / 2**32 for i in ids),
+                           dtype=np.float64, count=len(ids))
 
     def calibration_rows(self, share: float) -> np.ndarray:
         """The validation rows held out from teacher selection to fit its temperature (``share`` of them; all of
         validation when ``share`` is 0)."""
-        val = self.split == "val"
-        return val & (self.id_fraction() < share) if share > 0 else val
+        val = np.asarray(self.split == "val")
+        if share <= 0:
+            return val
+        rows = np.flatnonzero(val)
+        calib = np.zeros(len(self), dtype=bool)
+        calib[rows[self.id_fraction(rows) < share]] = True
+        return calib
 
     def student_rows(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         """The student inputs of ``rows``, read from the store without mapping its pages (:class:`store.RowReader`)."""
@@ -139,9 +145,11 @@ class PreparedData:
         reader = next((r for r in self.readers.values() if r.address == value.data_ptr()), None)
         return value[rows] if reader is None else torch.from_numpy(reader(rows.numpy()))
 
-    def release_pages(self) -> None:
-        """Let the kernel drop the store pages read so far (a long pass over a big table stays small in RAM)."""
+    def release_memory(self) -> None:
+        """Let the kernel drop the store pages read so far and the heap memory a pass freed (a long pass over a big
+        table stays small in RAM)."""
         store.release_pages(self.mapped)
+        store.trim_heap()
 
 
 class _Collector:
@@ -553,12 +561,13 @@ def _open(folder: Path, meta: dict) -> PreparedData:
 
 def _split_column(mapped: np.ndarray) -> pd.Categorical:
     """The split as one byte a row in memory. Kept as the stored strings (20 bytes a row), every ``split == "val"``
-    scan would map the whole array into the process again."""
+    scan would map the whole array into the process again; the strings are read a block at a time with positioned
+    reads for the same reason."""
     codes = np.empty(len(mapped), dtype=np.int8)
+    read = store.RowReader(mapped)
     for start in range(0, len(mapped), store.COPY_ROWS):
-        block = np.asarray(mapped[start : start + store.COPY_ROWS])
+        block = read(np.arange(start, min(start + store.COPY_ROWS, len(mapped))))
         codes[start : start + len(block)] = np.select([block == name for name in SPLITS], range(len(SPLITS)), -1)
-    store.release_pages([mapped])
     return pd.Categorical.from_codes(codes, categories=list(SPLITS))
 
 

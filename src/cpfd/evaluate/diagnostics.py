@@ -16,42 +16,77 @@ from cpfd.distill.task import DistillTask
 BINS = 20
 
 
-def effective_sample_size(w: np.ndarray) -> float:
-    r"""Kish's effective sample size as a fraction of n: :math:`(\sum w)^2 / (n \sum w^2)`."""
-    w = np.asarray(w, dtype=np.float64).reshape(-1)
-    denom = len(w) * np.sum(w**2)
-    return float(np.sum(w) ** 2 / denom) if denom > 0 else 0.0
+def effective_sample_size(total: float, total_sq: float, n: int) -> float:
+    r"""Kish's effective sample size as a fraction of n, from the sums of the weights: :math:`(\sum w)^2 / (n \sum
+    w^2)` with ``total`` :math:`= \sum w`, ``total_sq`` :math:`= \sum w^2`."""
+    denom = n * total_sq
+    return float(total**2 / denom) if denom > 0 else 0.0
+
+
+CHUNK_ROWS = 262_144  # rows whose weights exist at once: the diagnostics of millions of rows stay a few MB
+
+
+def _chunk_weights(task: DistillTask, data: PreparedData, targets: TeacherTargets, rows: np.ndarray,
+                   oracle: OracleLabels | None):
+    """Per chunk of ``rows``: for each task, the weights, whether each element is judged (labelled, or hidden-
+    labelled by ``oracle``) and whether the teacher is right on it."""
+    for start in range(0, len(rows), CHUNK_ROWS):
+        idx = torch.as_tensor(rows[start : start + CHUNK_ROWS], dtype=torch.long)
+        weights = task.row_weights(idx, data.labels, data.label_mask, targets.logits)
+        out = {}
+        for info in data.tasks:
+            w = weights[info.name].detach().cpu()
+            probs = task_probs(targets.logits[info.name][idx], info.kind, targets.temperatures.get(info.name, 1.0))
+            labels, known = data.labels[info.name][idx], data.label_mask[info.name][idx]
+            if oracle is not None and info.name in oracle.labels:
+                hidden = oracle.mask[info.name][idx] & ~known
+                labels = torch.where(info.kind.element_mask(hidden, labels),
+                                     oracle.labels[info.name][idx].to(labels.dtype), labels)
+                known = known | hidden
+            out[info.name] = (w, info.kind.element_mask(known, w), info.kind.correct(probs, labels))
+        yield out
 
 
 def weight_diagnostics(task: DistillTask, data: PreparedData, targets: TeacherTargets, rows: np.ndarray,
                        oracle: OracleLabels | None = None) -> dict:
     """The weights ``task`` gives ``rows`` in training, summarised per task. Right/wrong is judged on labelled
-    rows, plus the unlabelled rows ``oracle`` has hidden labels for (evaluation only: the weights are the task's)."""
-    idx = torch.as_tensor(rows, dtype=torch.long)
-    weights = task.row_weights(idx, data.labels, data.label_mask, targets.logits)
+    rows, plus the unlabelled rows ``oracle`` has hidden labels for (evaluation only: the weights are the task's).
+
+    Two streaming passes over chunks of rows (sums, then the histogram once the largest weight is known)."""
+    names = [info.name for info in data.tasks]
+    sums = {t: dict.fromkeys(("n", "w", "w2", "right", "n_right", "wrong", "n_wrong"), 0.0) for t in names}
+    top = dict.fromkeys(names, 0.0)
+    for chunk in _chunk_weights(task, data, targets, rows, oracle):
+        for t, (w, judged, correct) in chunk.items():
+            w64, s = w.double(), sums[t]
+            right, wrong = w64[judged & correct], w64[judged & ~correct]
+            s["n"] += w64.numel()
+            s["w"] += float(w64.sum())
+            s["w2"] += float((w64**2).sum())
+            s["right"] += float(right.sum())
+            s["n_right"] += len(right)
+            s["wrong"] += float(wrong.sum())
+            s["n_wrong"] += len(wrong)
+            top[t] = max(top[t], float(w.max())) if w.numel() else top[t]
+    edges = {t: np.histogram_bin_edges([], bins=BINS, range=(0.0, max(1.0, top[t]))) for t in names}
+    counts = {t: np.zeros(BINS, dtype=np.int64) for t in names}
+    for chunk in _chunk_weights(task, data, targets, rows, oracle):
+        for t, (w, _, _) in chunk.items():
+            counts[t] += np.histogram(w.numpy().reshape(-1), bins=edges[t])[0]
     report = {}
-    for info in data.tasks:
-        w = weights[info.name].detach().cpu()
-        probs = task_probs(targets.logits[info.name][idx], info.kind, targets.temperatures.get(info.name, 1.0))
-        labels, known = data.labels[info.name][idx], data.label_mask[info.name][idx]
-        if oracle is not None and info.name in oracle.labels:
-            hidden = oracle.mask[info.name][idx] & ~known
-            labels = torch.where(info.kind.element_mask(hidden, labels), oracle.labels[info.name][idx].to(labels.dtype),
-                                 labels)
-            known = known | hidden
-        correct = info.kind.correct(probs, labels)
-        mask = info.kind.element_mask(known, w)
-        counts, edges = np.histogram(w.numpy().reshape(-1), bins=BINS, range=(0.0, max(1.0, float(w.max()))))
-        right, wrong = w[mask & correct], w[mask & ~correct]
-        mass = float(right.sum() + wrong.sum())
-        report[info.name] = {
-            "kd_mass_teacher_wrong": float(wrong.sum()) / mass if mass > 0 else float("nan"),
-            "rows_judged": int(mask.sum()),
-            "mean_weight": float(w.mean()),
-            "ess_fraction": effective_sample_size(w.numpy()),
-            "mean_weight_teacher_correct": float(right.mean()) if len(right) else float("nan"),
-            "mean_weight_teacher_wrong": float(wrong.mean()) if len(wrong) else float("nan"),
-            "teacher_error_rate": float(len(wrong) / max(len(right) + len(wrong), 1)),
-            "histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
+    for t in names:
+        s = sums[t]
+        mass = s["right"] + s["wrong"]
+        judged = s["n_right"] + s["n_wrong"]
+        report[t] = {
+            "kd_mass_teacher_wrong": s["wrong"] / mass if mass > 0 else float("nan"),
+            "rows_judged": int(judged),
+            "mean_weight": s["w"] / s["n"] if s["n"] else float("nan"),
+            "ess_fraction": effective_sample_size(s["w"], s["w2"], int(s["n"])),
+            "mean_weight_teacher_correct": s["right"] / s["n_right"] if s["n_right"] else float("nan"),
+            "mean_weight_teacher_wrong": s["wrong"] / s["n_wrong"] if s["n_wrong"] else float("nan"),
+            "teacher_error_rate": float(s["n_wrong"] / max(judged, 1)),
+            "histogram": {"edges": edges[t].tolist(), "counts": counts[t].tolist()},
         }
+    data.release_memory()
     return report

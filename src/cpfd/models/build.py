@@ -75,6 +75,7 @@ def build_teacher(data: PreparedData, cfg: RunConfig, fit: bool = True) -> nn.Mo
         teacher.trunk.fit_inputs(data.student_inputs, train, data.rows_of)
         if teacher.tower is not None:
             teacher.tower.fit(data.privileged, train, data.rows_of)
+        data.release_memory()
     return EndToEndTeacher(encoders, teacher) if encoders is not None else teacher
 
 
@@ -84,6 +85,7 @@ def build_student(data: PreparedData, cfg: RunConfig, fit: bool = True) -> nn.Mo
     student = Student(input_shapes(data, encoders), task_outputs(data), cfg.model)
     if fit:
         student.trunk.fit_inputs(data.student_inputs, torch.from_numpy(data.indices("train")), data.rows_of)
+        data.release_memory()
     return EndToEndStudent(encoders, student) if encoders is not None else student
 
 

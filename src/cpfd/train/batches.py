@@ -16,7 +16,7 @@ from torch.utils.data import Dataset, Sampler
 from cpfd.data.prepared import PreparedData
 
 
-# Batches between hand-backs of mapped store pages by default (PreparedData.release_pages); 0: only at the end of
+# Batches between hand-backs of mapped store pages by default (PreparedData.release_memory); 0: only at the end of
 # each pass (train.release_pages_every). Only the narrow arrays (labels, masks) are still gathered through the map;
 # the wide ones go through store.RowReader.
 RELEASE_EVERY = 0
@@ -52,7 +52,7 @@ class RowDataset(Dataset):
         d = self.data
         self.fetched += 1
         if self.release_every and self.fetched % self.release_every == 0:
-            d.release_pages()
+            d.release_memory()
         batch = {
             "index": rows,
             "student": {name: as_model_input(value) for name, value in d.student_rows(rows).items()},

@@ -110,7 +110,7 @@ def predict(model: nn.Module, data: PreparedData, indices: np.ndarray, with_priv
             embedding[rows] = out["embedding"].float().cpu()
     bar.close()
     model.train(was_training)
-    data.release_pages()
+    data.release_memory()
     return {"logits": logits, "embedding": embedding}
 
 
@@ -236,7 +236,7 @@ def fit(fabric: Fabric, task: DistillTask, data: PreparedData, train_idx: np.nda
         bar.close()
         step += steps
         elapsed = time.perf_counter() - tic
-        data.release_pages()  # the pages this epoch read; the next epoch maps what it needs again
+        data.release_memory()  # the pages this epoch read; the next epoch maps what it needs again
 
         preds = predict(task.model, data, val_idx, with_privileged=task.model_takes_privileged)
         val = evaluate_logits(data, preds["logits"], eval_split="val", tune_split="val", by_group=False,

@@ -309,6 +309,7 @@ def distill(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, teacher
         model = SynchronousPair(student, build_teacher(data, t_cfg))
     task = DistillTask(model, objective, teacher, model_takes_privileged=trains_teacher)
     task.prepare(data.labels, data.label_mask, contexts)
+    data.release_memory()  # the per-row confidences' temporaries
     rows = student_train_rows(data, cfg)
     result = fit(fabric, task, data, rows, cfg.train, run, resume=resume, desc=f"student[{cfg.distill.method}]")
     metrics = {}

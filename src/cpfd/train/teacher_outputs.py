@@ -92,7 +92,6 @@ def calibrated_targets(data: PreparedData, logits: dict[str, torch.Tensor], embe
     cross-fitted held-out NLL (:func:`cpfd.distill.calibration.choose_temperature`)."""
     temperatures, report = {}, {}
     calib = data.calibration_rows(calibration_share)
-    fraction = data.id_fraction()
     for task in data.tasks:
         rows = np.flatnonzero(calib & data.label_mask[task.name].numpy())
         if not calibrate:
@@ -100,7 +99,7 @@ def calibrated_targets(data: PreparedData, logits: dict[str, torch.Tensor], embe
             continue
         # Two folds inside the slice, from the same id hash: each row is held out once.
         scale = calibration_share if calibration_share > 0 else 1.0
-        folds = (fraction[rows] / scale * 2).astype(int).clip(0, 1)
+        folds = (data.id_fraction(rows) / scale * 2).astype(int).clip(0, 1)
         choice = choose_temperature(logits[task.name][rows], data.labels[task.name][rows], task.kind, folds)
         temperatures[task.name] = choice["temperature"]
         report[task.name] = choice | {"rows": len(rows)}
