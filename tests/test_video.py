@@ -425,3 +425,30 @@ def test_demo_history_goes_stale_after_the_teachers_rows_and_only_in_two_categor
     assert (control.loc[now, clicks].to_numpy().argmax(1) == [CATEGORIES.index(c) for c in true_category[now]]).all()
     assert hidden["video_id"].tolist() == drifted["video_id"][~labelled].tolist()
     assert drifted.loc[~labelled, ["is_spam", "category", "tags"]].isna().all().all()
+
+
+def test_cache_key_index_finds_every_key_and_the_latest_shard_wins(tmp_path, monkeypatch):
+    from cpfd.data.embeddings import KeyIndex, ShardStore
+
+    monkeypatch.setattr(KeyIndex, "MERGE_AT", 3)  # merge into the sorted arrays every few keys
+    index = KeyIndex()
+    keys = [f"{k:032x}" for k in range(20)] + ["not hex: any string is a key", ""]
+    for shard, start in enumerate(range(0, len(keys), 4)):
+        index.add(keys[start : start + 4], shard)
+    assert [index.get(k) for k in keys] == [k // 4 for k in range(len(keys))]
+    assert index.get(f"{99:032x}") is None and len(index) == len(keys)
+    index.add([keys[0], keys[21]], 9)  # the same keys written again later
+    assert index.get(keys[0]) == 9 and index.get(keys[21]) == 9 and index.get(keys[1]) == 0
+    assert len(index) == len(keys)
+    # 16-byte digests whose last byte is zero still compare as 16 bytes.
+    zero_tail = next(k for k in (f"key{i}" for i in range(10_000)) if KeyIndex.digest(k).endswith(b"\0"))
+    index.add([zero_tail], 4)
+    assert len(index) == len(keys) + 1 and index.get(zero_tail) == 4
+
+    cache = ShardStore(tmp_path / "cache")
+    cache.write({"a": {"v": np.ones(2)}, "b": {"v": np.zeros(2)}})
+    reopened = ShardStore(tmp_path / "cache")  # the index rebuilt from the shards on disk
+    assert "a" in reopened and "c" not in reopened
+    np.testing.assert_array_equal(reopened.get("b")["v"], np.zeros(2, dtype=np.float32))
+    with pytest.raises(KeyError):
+        reopened.get("c")

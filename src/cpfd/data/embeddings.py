@@ -81,20 +81,70 @@ def _digest(keys: list[str], columns: dict[str, list[bytes]]) -> str:
     return h.hexdigest()
 
 
+class KeyIndex:
+    """Cache key -> shard number for millions of keys: a sorted array of 16-byte key digests beside their shard
+    numbers, plus a dict of the keys added since the last merge.
+
+    Why not a dict of the key strings: ~150 bytes a key, so the frame and text keys of a million clips would hold
+    ~300 MB for the whole store build; here ~20 bytes a key. When one key is in several shards (two processes
+    encoded it), the shard added last wins, as a dict update would."""
+
+    MERGE_AT = 65_536  # recent keys held in the dict before they are merged into the sorted arrays
+
+    def __init__(self):
+        self.digests = np.zeros(0, dtype="S16")
+        self.shards = np.zeros(0, dtype=np.int32)
+        self.recent: dict[bytes, int] = {}
+
+    @staticmethod
+    def digest(key: str) -> bytes:
+        return hashlib.blake2b(key.encode(), digest_size=16).digest()
+
+    def __len__(self) -> int:
+        self._merge()
+        return len(self.digests)
+
+    def add(self, keys: list[str], shard: int) -> None:
+        self.recent.update(dict.fromkeys((self.digest(k) for k in keys), shard))
+        if len(self.recent) >= self.MERGE_AT:
+            self._merge()
+
+    def get(self, key: str) -> int | None:
+        d = self.digest(key)
+        hit = self.recent.get(d)
+        if hit is not None:
+            return hit
+        query = np.array(d, dtype="S16")  # compared as the full 16 bytes (a bytes scalar loses trailing zeros)
+        i = int(np.searchsorted(self.digests, query))
+        return int(self.shards[i]) if i < len(self.digests) and self.digests[i : i + 1] == query else None
+
+    def _merge(self) -> None:
+        if not self.recent:
+            return
+        digests = np.concatenate([self.digests, np.array(list(self.recent), dtype="S16")])
+        shards = np.concatenate([self.shards, np.fromiter(self.recent.values(), dtype=np.int32,
+                                                          count=len(self.recent))])
+        order = np.argsort(digests, kind="stable")  # equal digests keep their order: the later one is last
+        digests, shards = digests[order], shards[order]
+        last = np.append(digests[1:] != digests[:-1], True)
+        self.digests, self.shards, self.recent = digests[last], shards[last], {}
+
+
 class ShardStore:
     """key -> float32 arrays, in Parquet shards (``shard-*.parquet``) written atomically, each carrying a SHA-256 of
     its content: a shard that does not match (flipped bits, truncation) is reported, set aside as ``*.corrupt``
     and its rows are encoded again.
 
-    Only the index (key -> shard) stays in memory; :meth:`get` reads a shard back when one of its keys is asked
-    for and keeps the last few it read, so the cache of a million clips is never loaded whole."""
+    Only the index (key -> shard, :class:`KeyIndex`) stays in memory; :meth:`get` reads a shard back when one of
+    its keys is asked for and keeps the last few it read, so the cache of a million clips is never loaded whole."""
 
     KEEP_READ = 8  # shards kept after reading (rows are asked for in the order they were written)
 
     def __init__(self, folder: Path, log: Callable[[str], None] = print):
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.index: dict[str, Path] = {}
+        self.index = KeyIndex()
+        self.paths: list[Path] = []
         self._read_back: OrderedDict[Path, dict[str, dict[str, np.ndarray]]] = OrderedDict()
         for shard in sorted(folder.glob("shard-*.parquet")):
             try:
@@ -103,7 +153,11 @@ class ShardStore:
                 log(f"extract: cache shard {shard} is corrupt ({err}); its rows will be encoded again")
                 shard.replace(shard.with_suffix(".corrupt"))
                 continue
-            self.index.update(dict.fromkeys(keys, shard))
+            self._add(keys, shard)
+
+    def _add(self, keys: list[str], shard: Path) -> None:
+        self.paths.append(shard)
+        self.index.add(keys, len(self.paths) - 1)
 
     @staticmethod
     def _read(shard: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -122,10 +176,13 @@ class ShardStore:
             self._read_back.popitem(last=False)
 
     def __contains__(self, key: str) -> bool:
-        return key in self.index
+        return self.index.get(key) is not None
 
     def get(self, key: str) -> dict[str, np.ndarray]:
-        shard = self.index[key]
+        number = self.index.get(key)
+        if number is None:
+            raise KeyError(key)
+        shard = self.paths[number]
         if shard not in self._read_back:
             self._remember(shard, self._read(shard))
         self._read_back.move_to_end(shard)
@@ -146,7 +203,7 @@ class ShardStore:
         name = hashlib.sha256("".join(keys).encode()).hexdigest()[:16]
         path = self.folder / f"shard-{int(time.time() * 1e6):x}-{name}.parquet"
         atomic_write(path, lambda tmp: pq.write_table(table, tmp))
-        self.index.update(dict.fromkeys(keys, path))
+        self._add(keys, path)
         self._remember(path, {k: {n: np.asarray(v, dtype=np.float32) for n, v in items[k].items()} for k in keys})
         return path
 
