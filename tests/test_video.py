@@ -265,7 +265,8 @@ def test_ocr_reads_on_screen_text(tmp_path):
     cfg = ExtractConfig(**{**SMALL, "ocr": True})
     texts = extract_ocr([MediaRow(0, "sale", clip, "video")], Preprocessor(cfg), tmp_path / "cache", log=lambda m: None)
     assert texts == {0: "SALE"}
-    assert (tmp_path / "cache" / "ocr.json").exists()
+    shards = list((tmp_path / "cache" / "ocr").glob("shard-*.json"))
+    assert len(shards) == 1 and list(json.loads(shards[0].read_text()).values()) == ["SALE"]
 
 
 def test_skipped_rows_are_listed_in_the_compare_report(tmp_path):
@@ -452,3 +453,24 @@ def test_cache_key_index_finds_every_key_and_the_latest_shard_wins(tmp_path, mon
     np.testing.assert_array_equal(reopened.get("b")["v"], np.zeros(2, dtype=np.float32))
     with pytest.raises(KeyError):
         reopened.get("c")
+
+
+def test_ocr_of_two_shares_lands_in_shards_and_the_build_reads_no_clip_again(tmp_path, monkeypatch):
+    from cpfd.data import encode_share
+
+    reads: list[int] = []
+
+    def fake_ocr(self, frame):  # the OCR engine is exercised in test_export; here only the caching is tested
+        reads.append(1)
+        return f"text {int(frame.sum()) % 7}"
+
+    monkeypatch.setattr(Preprocessor, "read_ocr", fake_ocr)
+    folder = _video_dataset(tmp_path / "ds", n=10)
+    shared = ExtractConfig(**SMALL, ocr=True, cache_dir=str(tmp_path / "shared"))
+    encode_share(folder, shared, 0, 2, log=lambda m: None)
+    encode_share(folder, shared, 1, 2, log=lambda m: None)
+    shards = sorted((tmp_path / "shared" / "ocr").glob("shard-*.json"))
+    assert len(reads) == 10 and len(shards) >= 2  # each share read its own 5 clips into its own shard
+    assert sum(len(json.loads(p.read_text())) for p in shards) == 10
+    load_dataset(folder, extract=shared, log=lambda m: None)
+    assert len(reads) == 10, "the build read on-screen text again"

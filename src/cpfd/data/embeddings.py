@@ -366,21 +366,37 @@ def extract_text(texts: list[str], pre: Preprocessor, cache: Path, progress: boo
     return cache_texts(texts, pre, cache, progress).stack(texts)
 
 
+def _known_ocr(cache: Path) -> dict[str, str]:
+    known: dict[str, str] = {}
+    for path in [cache / "ocr.json", *sorted((cache / "ocr").glob("shard-*.json"))]:  # ocr.json: older caches
+        if path.exists():
+            try:
+                known.update(json.loads(path.read_text()))
+            except (OSError, ValueError):  # a damaged shard: its clips are read again
+                continue
+    return known
+
+
 def extract_ocr(rows: list[MediaRow], pre: Preprocessor, cache: Path, log: Callable[[str], None] = print
                 ) -> dict[int, str]:
-    """On-screen text of each row's middle frame (:meth:`Preprocessor.read_ocr`), cached per clip in ``ocr.json``."""
+    """On-screen text of each row's middle frame (:meth:`Preprocessor.read_ocr`), cached per clip.
+
+    Each decoded chunk is written as a small shard file of its own (``ocr/shard-*.json``, atomically), so ranks
+    that share the cache folder never overwrite each other's results, an interrupted run resumes from its last
+    chunk, and a million clips do not rewrite one growing file after every chunk."""
     sampling = ocr_sampling(pre.cfg)
-    path = cache / "ocr.json"
-    known: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    known = _known_ocr(cache)
     keys = {r.index: frames_key(r, "rapidocr", sampling) for r in rows}
     todo = [r for r in rows if keys[r.index] not in known]
     if todo:
         report = ExtractReport()
         one_frame = pre.cfg.model_copy(update={"sampling": sampling})
+        (cache / "ocr").mkdir(parents=True, exist_ok=True)
         for good in decode_chunks(todo, one_frame, report, "OCR"):
-            for row, clip in good:
-                known[keys[row.index]] = pre.read_ocr(clip.frames[0])
-            atomic_write_json(path, known)
+            chunk = {keys[row.index]: pre.read_ocr(clip.frames[0]) for row, clip in good}
+            if chunk:
+                atomic_write_json(cache / "ocr" / f"shard-{time.time_ns():x}-{os.getpid()}.json", chunk)
+                known.update(chunk)
         log(f"extract: OCR read {len(todo) - len(report.bad)} clips")
     return {r.index: known.get(keys[r.index], "") for r in rows}
 

@@ -281,7 +281,8 @@ def encode_share(folder: str | Path, extract: ExtractConfig, rank: int, world: i
     Ranks on one or many machines that share the cache folder each run this (``cpfd extract --devices N``, under
     torchrun, or ``--shard K/N`` as separate jobs); every rank's clips land in its own cache shards, and an
     interrupted rank resumes where it stopped. The store is then built from the cache without encoding anything.
-    OCR is read at that final build (its cache is one file). Returns the number of rows in this share."""
+    With OCR, each rank also reads the on-screen text of its clips (cached in shards like the frames); the texts,
+    which include that text, are encoded at the final build. Returns the number of rows in this share."""
     spec, root = load_spec(folder)
     paths = table_files(root, spec.table, spec.allow_outside)
     cache = default_cache(root, extract)
@@ -298,6 +299,8 @@ def encode_share(folder: str | Path, extract: ExtractConfig, rank: int, world: i
     if media is not None:
         rows = [MediaRow(int(i), row_id, root / media[i], meta["media_kind"]) for i, row_id in zip(share, ids)]
         extract_frames(rows, pre, cache, log)
+        if extract.ocr:
+            extract_ocr(rows, pre, cache, log)
     if texts is not None and not extract.ocr:
         cache_texts([texts[i] for i in share], pre, cache)
     return len(share)
