@@ -2,7 +2,7 @@
 
 The table is shaped like the issue's (64 student + 64 privileged float32 columns, one binary task, 10 % labelled
 rows split 80/10/10, the rest unlabelled train rows that are only distilled). Each command runs in its own process
-and its peak RSS comes from ``wait4`` (the kernel's high-water mark of that process alone).
+and its peak RSS is that process's own high-water mark (``VmHWM``, polled; see :func:`run`).
 
     python bench/scale.py --rows 100000 1000000 3000000 --keep
     python bench/scale.py --rows 1000000 --stages predict --predict-sweep   # predict's default vs other chunks
@@ -65,24 +65,29 @@ def generate(folder: Path, n: int, width: int = 64, seed: int = 0) -> Path:
     return folder
 
 
-def _rss_parts(pid: int) -> tuple[int, int]:
-    """(anonymous, file-backed) resident kB of a running process."""
+def _memory(pid: int) -> tuple[int, int, int]:
+    """(high-water mark, anonymous, file-backed) resident kB of a running process."""
     try:
         fields = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status"))
     except (OSError, ValueError):
-        return 0, 0
-    return int(fields.get("RssAnon", "0 kB").split()[0]), int(fields.get("RssFile", "0 kB").split()[0])
+        return 0, 0, 0
+    return tuple(int(fields.get(k, "0 kB").split()[0]) for k in ("VmHWM", "RssAnon", "RssFile"))
 
 
 def run(cmd: list[str], log: Path) -> dict:
-    """Run one command in its own process: wall seconds, its peak RSS (``wait4``: the kernel's high-water mark of
-    that process alone) and, sampled every 20 ms, the peaks of its anonymous memory and of its mapped file pages
-    (the memory-mapped store and libraries: clean pages the kernel can drop under pressure).
+    """Run one command in its own process: wall seconds, its peak RSS and, sampled every 20 ms, the peaks of its
+    anonymous memory and of its mapped file pages (the memory-mapped store and libraries: clean pages the kernel
+    can drop under memory pressure).
+
+    The peak RSS is the child's own high-water mark (``VmHWM`` of its address space, polled; it only grows, so a
+    poll misses at most the last 20 ms). Not ``wait4``'s ``ru_maxrss``: Linux carries the forking parent's
+    high-water mark across ``exec`` into it, so a child of a large parent (bench/scale_video.py loads the encoders
+    to fill the cache) reported the parent's size as its own peak.
 
     The log's lines carry the seconds since start, and ``<log>.rss.csv`` holds the samples (every 0.5 s), so a peak
     can be matched to the pass that made it."""
     start = time.perf_counter()
-    peaks = [0, 0]
+    peaks = [0, 0, 0]
     trace: list[tuple[float, int, int]] = []
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "CI": "true"},
@@ -92,11 +97,11 @@ def run(cmd: list[str], log: Path) -> dict:
         def sample() -> None:
             last = -1.0
             while not done.is_set():
-                anon, file = _rss_parts(proc.pid)
-                peaks[0], peaks[1] = max(peaks[0], anon), max(peaks[1], file)
+                now_kb = _memory(proc.pid)
+                peaks[:] = [max(p, v) for p, v in zip(peaks, now_kb)]
                 now = time.perf_counter() - start
                 if now - last >= 0.5:
-                    trace.append((round(now, 2), anon // 1024, file // 1024))
+                    trace.append((round(now, 2), now_kb[1] // 1024, now_kb[2] // 1024))
                     last = now
                 time.sleep(0.02)
 
@@ -109,16 +114,16 @@ def run(cmd: list[str], log: Path) -> dict:
         copier = threading.Thread(target=copy_log, daemon=True)
         sampler.start()
         copier.start()
-        _, status, usage = os.wait4(proc.pid, 0)
+        status = proc.wait()
         done.set()
         sampler.join()
         copier.join()
     Path(f"{log}.rss.csv").write_text("seconds,anon_mb,file_mb\n" + "".join(f"{t},{a},{f}\n" for t, a, f in trace))
     wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
+    if status != 0:
         sys.exit(f"{' '.join(cmd)} failed; see {log}")
-    return {"wall_s": round(wall, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
-            "peak_anon_mb": round(peaks[0] / 1024, 1), "peak_file_mb": round(peaks[1] / 1024, 1)}
+    return {"wall_s": round(wall, 1), "peak_rss_mb": round(peaks[0] / 1024, 1),
+            "peak_anon_mb": round(peaks[1] / 1024, 1), "peak_file_mb": round(peaks[2] / 1024, 1)}
 
 
 def du(path: Path) -> float:

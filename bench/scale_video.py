@@ -5,8 +5,8 @@ encoding a million clips on 2 CPU cores would take days, so the embedding cache 
 generated vectors of the encoders' shapes (4 frames × 1280, 32 title tokens × 384), keyed exactly as extraction
 keys them; every clip path points to one small placeholder file (the cheap media check passes, nothing is
 decoded). What is measured is everything after encoding: reading the cache into the store (float16, ~35 KB a
-row), fit-teacher, distill and export, each in its own process (peak RSS by ``wait4``, anonymous and file-backed
-parts sampled from ``/proc``). ``predict`` is left out: it decodes real clips.
+row), fit-teacher, distill and export, each in its own process (peak RSS = the process's own ``VmHWM``,
+anonymous and file-backed parts sampled from ``/proc``). ``predict`` is left out: it decodes real clips.
 
     python bench/scale_video.py --rows 30000 100000 300000 [--stages extract]
 
