@@ -26,25 +26,26 @@ def effective_sample_size(total: float, total_sq: float, n: int) -> float:
 CHUNK_ROWS = 262_144  # rows whose weights exist at once: the diagnostics of millions of rows stay a few MB
 
 
-def _chunk_weights(task: DistillTask, data: PreparedData, targets: TeacherTargets, rows: np.ndarray,
-                   oracle: OracleLabels | None):
-    """Per chunk of ``rows``: for each task, the weights, whether each element is judged (labelled, or hidden-
-    labelled by ``oracle``) and whether the teacher is right on it."""
+def _chunks(task: DistillTask, data: PreparedData, targets: TeacherTargets, rows: np.ndarray):
+    """(row indices, the task's weights for them) per chunk of ``rows``."""
     for start in range(0, len(rows), CHUNK_ROWS):
         idx = torch.as_tensor(rows[start : start + CHUNK_ROWS], dtype=torch.long)
         weights = task.row_weights(idx, data.labels, data.label_mask, targets.logits)
-        out = {}
-        for info in data.tasks:
-            w = weights[info.name].detach().cpu()
-            probs = task_probs(targets.logits[info.name][idx], info.kind, targets.temperatures.get(info.name, 1.0))
-            labels, known = data.labels[info.name][idx], data.label_mask[info.name][idx]
-            if oracle is not None and info.name in oracle.labels:
-                hidden = oracle.mask[info.name][idx] & ~known
-                labels = torch.where(info.kind.element_mask(hidden, labels),
-                                     oracle.labels[info.name][idx].to(labels.dtype), labels)
-                known = known | hidden
-            out[info.name] = (w, info.kind.element_mask(known, w), info.kind.correct(probs, labels))
-        yield out
+        yield idx, {t: w.detach().cpu() for t, w in weights.items()}
+
+
+def _judged(info, idx: torch.Tensor, w: torch.Tensor, data: PreparedData, targets: TeacherTargets,
+            oracle: OracleLabels | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which weight elements are judged (labelled, or hidden-labelled by ``oracle``) and whether the teacher is
+    right on them."""
+    probs = task_probs(targets.logits[info.name][idx], info.kind, targets.temperatures.get(info.name, 1.0))
+    labels, known = data.labels[info.name][idx], data.label_mask[info.name][idx]
+    if oracle is not None and info.name in oracle.labels:
+        hidden = oracle.mask[info.name][idx] & ~known
+        labels = torch.where(info.kind.element_mask(hidden, labels), oracle.labels[info.name][idx].to(labels.dtype),
+                             labels)
+        known = known | hidden
+    return info.kind.element_mask(known, w), info.kind.correct(probs, labels)
 
 
 def weight_diagnostics(task: DistillTask, data: PreparedData, targets: TeacherTargets, rows: np.ndarray,
@@ -56,9 +57,11 @@ def weight_diagnostics(task: DistillTask, data: PreparedData, targets: TeacherTa
     names = [info.name for info in data.tasks]
     sums = {t: dict.fromkeys(("n", "w", "w2", "right", "n_right", "wrong", "n_wrong"), 0.0) for t in names}
     top = dict.fromkeys(names, 0.0)
-    for chunk in _chunk_weights(task, data, targets, rows, oracle):
-        for t, (w, judged, correct) in chunk.items():
-            w64, s = w.double(), sums[t]
+    for idx, weights in _chunks(task, data, targets, rows):
+        for info in data.tasks:
+            w = weights[info.name]
+            judged, correct = _judged(info, idx, w, data, targets, oracle)
+            w64, s = w.double(), sums[info.name]
             right, wrong = w64[judged & correct], w64[judged & ~correct]
             s["n"] += w64.numel()
             s["w"] += float(w64.sum())
@@ -67,12 +70,12 @@ def weight_diagnostics(task: DistillTask, data: PreparedData, targets: TeacherTa
             s["n_right"] += len(right)
             s["wrong"] += float(wrong.sum())
             s["n_wrong"] += len(wrong)
-            top[t] = max(top[t], float(w.max())) if w.numel() else top[t]
+            top[info.name] = max(top[info.name], float(w.max())) if w.numel() else top[info.name]
     edges = {t: np.histogram_bin_edges([], bins=BINS, range=(0.0, max(1.0, top[t]))) for t in names}
     counts = {t: np.zeros(BINS, dtype=np.int64) for t in names}
-    for chunk in _chunk_weights(task, data, targets, rows, oracle):
-        for t, (w, _, _) in chunk.items():
-            counts[t] += np.histogram(w.numpy().reshape(-1), bins=edges[t])[0]
+    for _, weights in _chunks(task, data, targets, rows):
+        for t in names:
+            counts[t] += np.histogram(weights[t].numpy().reshape(-1), bins=edges[t])[0]
     report = {}
     for t in names:
         s = sums[t]
