@@ -8,7 +8,9 @@ median of the repeats; the ratio is the share of the model's speed that training
     python bench/model_alone.py bench/out/scale/data-1000000 bench/out/scale/runs-1000000/teacher \
         [--batch-size 256] [--steps 200] [--repeats 5]
 
-Run ``bench/scale.py --keep`` first: it leaves the dataset, its store and the teacher run.
+Run ``bench/scale.py --keep`` first: it leaves the dataset, its store and the teacher run. For the video-shaped
+store of ``bench/scale_video.py --keep``, pass its extraction settings with ``--set`` (they are part of the
+store's key).
 """
 
 from __future__ import annotations
@@ -42,11 +44,13 @@ def main() -> None:
                     help="batches between hand-backs of store pages (train.release_pages_every; 0: the default)")
     ap.add_argument("--block-rows", type=int, default=1,
                     help="shuffle runs of this many consecutive rows (train.shuffle_block_rows; 1: the default)")
+    ap.add_argument("--set", dest="sets", action="append", default=[],
+                    help="config override, e.g. extract.max_tokens=32")
     args = ap.parse_args()
 
     torch.manual_seed(0)
-    data = load_dataset(args.dataset, log=lambda m: None)
-    cfg = load_config()
+    cfg = load_config(overrides=args.sets)
+    data = load_dataset(args.dataset, log=lambda m: None, extract=cfg.extract)
     targets = teacher_targets(args.teacher, data, log=lambda m: None)
     types = {t.name: t.kind for t in data.tasks}
     student = build_student(data, cfg).train()
@@ -92,7 +96,7 @@ def main() -> None:
     result = {
         "rows": len(data), "train_rows": len(train), "batch_size": args.batch_size, "steps": args.steps,
         "repeats": args.repeats, "threads": torch.get_num_threads(), "release_every": args.release_every,
-        "block_rows": args.block_rows,
+        "block_rows": args.block_rows, "sets": args.sets,
         "model_alone_rows_per_s": round(statistics.median(alone)),
         "from_store_rows_per_s": round(statistics.median(store)),
         "fraction": round(statistics.median(s / a for s, a in zip(store, alone)), 3),
