@@ -10,6 +10,7 @@ regression gets from the same inputs? (issue: strong teachers and students by de
 
     python bench/tabular.py                       # all three, 5 seeds, default settings
     python bench/tabular.py --only digits --seeds 3
+    python bench/tabular.py --only breast_cancer --set teacher.kind=lightgbm --tag _lightgbm
 """
 
 from __future__ import annotations
@@ -76,10 +77,12 @@ def main() -> None:
     parser.add_argument("--only", choices=sorted(BUILDERS), action="append")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--set", dest="sets", action="append", default=[], help="config override")
+    parser.add_argument("--tag", default="", help="suffix of the compare folder (bench/out/tabular/<name>/compare<tag>)")
     args = parser.parse_args()
     for name in args.only or list(BUILDERS):
         folder = BUILDERS[name]()
-        run_cpfd(["compare", str(folder), "--out", str(folder.parent / "compare"), "--seeds", str(args.seeds)], args.sets)
+        run_cpfd(["compare", str(folder), "--out", str(folder.parent / f"compare{args.tag}"), "--seeds",
+                  str(args.seeds)], args.sets)
 
 
 if __name__ == "__main__":
