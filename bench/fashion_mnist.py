@@ -12,6 +12,7 @@ set, and a pool of 10 000 further train images whose labels are dropped (rows wi
 from __future__ import annotations
 
 import argparse
+import shlex
 import gzip
 import sys
 import time
@@ -69,14 +70,14 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,5000")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--unlabelled", type=int, default=10000)
-    parser.add_argument("--extra", nargs="*", default=["--oof", "--normalize"], help="extra `cpfd compare` flags")
+    parser.add_argument("--extra", default="--oof --normalize", help="extra `cpfd compare` flags, one quoted string")
     parser.add_argument("--data-dir", type=Path, default=ROOT, help="folder with the four idx.gz files")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="config override, e.g. "
                         "train.accelerator=cuda")
     args = parser.parse_args()
     sizes = [1000] if args.demo else [int(s) for s in args.sizes.split(",")]
     seeds = 3 if args.demo else args.seeds
-    extra = [] if args.demo else args.extra
+    extra = [] if args.demo else shlex.split(args.extra)
     from cpfd.cli import app
 
     for n in sizes:

@@ -90,15 +90,17 @@ def main() -> None:
     parser.add_argument("--extra", default="--no-labelled-only", help="extra `cpfd compare` flags, one quoted string")
     parser.add_argument("--data-dir", type=Path, default=ROOT, help="folder with the four idx.gz files")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="config override for every run")
+    parser.add_argument("--tag", default="", help="suffix of the compare folder (bench/out/learnable_privileged/"
+                        "compare<tag>)")
     args = parser.parse_args()
     paths = build(args.data_dir)
-    out = paths["data"].parent / "compare"
+    out = paths["data"].parent / f"compare{args.tag}"
     run_cpfd(["compare", str(paths["data"]), "--out", str(out), "--seeds", str(args.seeds), "--oracle-labels",
               str(paths["oracle"]), *shlex.split(args.extra)], args.sets)
     results = json.loads((out / "results.json").read_text())
     summary = {arm: {"mean_f1": e["mean_f1"]["mean"], "vs_pfd": e.get("vs_pfd"), "gap_closed": e.get("gap_closed")}
                for arm, e in results["arms"].items()}
-    (out.parent / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out.parent / f"summary{args.tag}.json").write_text(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ regression gets from the same inputs? (issue: strong teachers and students by de
     python bench/tabular.py                       # all three, 5 seeds, default settings
     python bench/tabular.py --only digits --seeds 3
     python bench/tabular.py --only breast_cancer --set teacher.kind=lightgbm --tag _lightgbm
+    python bench/tabular.py --extra=--scenario --tag _scenario   # + cpfd_scenario, pfd_scenario_temp (default choice)
 """
 
 from __future__ import annotations
@@ -78,11 +79,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--set", dest="sets", action="append", default=[], help="config override")
     parser.add_argument("--tag", default="", help="suffix of the compare folder (bench/out/tabular/<name>/compare<tag>)")
+    parser.add_argument("--extra", default="", help="extra `cpfd compare` flags, one quoted string (e.g. --scenario)")
     args = parser.parse_args()
     for name in args.only or list(BUILDERS):
         folder = BUILDERS[name]()
         run_cpfd(["compare", str(folder), "--out", str(folder.parent / f"compare{args.tag}"), "--seeds",
-                  str(args.seeds)], args.sets)
+                  str(args.seeds), *args.extra.split()], args.sets)
 
 
 if __name__ == "__main__":
