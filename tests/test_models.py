@@ -112,3 +112,55 @@ def test_teacher_auxiliary_loss_adds_the_towers_own_prediction():
     out = {"logits": {"s": torch.tensor([[0.0]])}, "aux_logits": {"s": torch.tensor([[math.log(3.0)]])}}
     # ln 2 + 0.5·(−ln 0.75) = 0.693147 + 0.143841
     assert loss(out, batch)["loss"].item() == pytest.approx(0.836988, abs=1e-5)
+
+
+def test_linear_inputs_are_standardised_features_and_masked_means():
+    shapes = {"features": (2,), "frames": (3, 4), "text": (2, 4)}
+    student = Student(shapes, {"spam": 1}, ModelConfig(wide=True, n_cross_layers=0))
+    tok = student.trunk.tokenizers["features"]
+    tok.mean.copy_(torch.tensor([1.0, 2.0]))
+    tok.std.copy_(torch.tensor([2.0, 4.0]))
+    frames = torch.tensor([[[1.0, 2.0, 3.0, 4.0], [3.0, 2.0, 1.0, 0.0], [100.0, 100.0, 100.0, 100.0]]])
+    text = torch.tensor([[[0.0, 0.0, 0.0, 4.0], [0.0, 0.0, 0.0, 0.0]]])
+    x = student.trunk.linear_inputs(features=torch.tensor([[3.0, 0.0]]), frames=frames,
+                                    frames_mask=torch.tensor([[1, 1, 0]]), text=text, text_mask=None)
+    # features: ((3-1)/2, (0-2)/4); frames: mean of the two kept = (2, 2, 2, 2), layer-normed = 0 (eps keeps it
+    # finite); text: mean (0, 0, 0, 2) -> mean 0.5, population std sqrt(0.75) -> (-1/√3, -1/√3, -1/√3, √3)
+    r = 3 ** 0.5
+    expected = torch.tensor([[1.0, -0.5, 0, 0, 0, 0, -1 / r, -1 / r, -1 / r, r]])
+    assert student.trunk.linear_dim == 10
+    assert torch.allclose(x, expected, atol=1e-4)
+
+
+def test_wide_student_adds_a_linear_path_to_the_logits():
+    assert Student(SHAPES, TASKS, ModelConfig()).wide is None
+    student = Student(SHAPES, {"spam": 1}, ModelConfig(wide=True)).eval()
+    x = torch.tensor([[1.0, 0.0, 2.0, 0.0, 0.0, -1.0]])  # mean 0, std 1 before fitting: the inputs themselves
+    with torch.no_grad():
+        student.wide.heads["spam"].weight.copy_(torch.tensor([[0.5, 9.0, 1.0, 9.0, 9.0, 2.0]]))
+        student.wide.heads["spam"].bias.fill_(0.25)
+        deep = student.heads(student.trunk(features=x))["spam"]
+        out = student(features=x)["logits"]["spam"]
+    # 0.5*1 + 1*2 + 2*(-1) + 0.25 = 0.75
+    assert torch.allclose(out - deep, torch.tensor([[0.75]]))
+
+
+def test_wide_teacher_sees_student_inputs_and_privileged_features_linearly():
+    teacher = Teacher(SHAPES, {"spam": 1}, ModelConfig(wide=True), TeacherConfig(), n_privileged=3).eval()
+    assert teacher.wide.heads["spam"].in_features == 2 * 3 + 6  # [z ; missing] of the privileged + the inputs
+    selfish = Teacher(SHAPES, {"spam": 1}, ModelConfig(wide=True), TeacherConfig(use_privileged=False), 0).eval()
+    assert selfish.wide.heads["spam"].in_features == 6
+    x, d = torch.tensor([[1.0, 0.0, 2.0, 0.0, 0.0, -1.0]]), torch.tensor([[0.0, 4.0, float("nan")]])
+    with torch.no_grad():
+        # weights on [z(3) ; missing(3) ; inputs(6)]: 1 on z_2, 3 on the third column's missing flag, 2 on x_6
+        teacher.wide.heads["spam"].weight.copy_(torch.tensor([[0, 1.0, 0, 0, 0, 3.0, 0, 0, 0, 0, 0, 2.0]]))
+        teacher.wide.heads["spam"].bias.zero_()
+        linear = teacher.trunk.linear_inputs(features=x)
+        cls = teacher.trunk(features=x)
+        dense = teacher.tower(d)
+        deep = teacher.heads(torch.cat([cls, dense], 1))["spam"]
+        out = teacher(features=x, privileged=d)["logits"]["spam"]
+        with pytest.raises(ValueError, match="linear"):
+            teacher.fuse(cls, d)
+    assert torch.allclose(linear, x)
+    assert torch.allclose(out - deep, torch.tensor([[4.0 + 3.0 - 2.0]]))

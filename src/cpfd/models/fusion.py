@@ -93,6 +93,27 @@ class FusionTrunk(nn.Module):
         self.encoder = nn.TransformerEncoder(layer(nn.TransformerEncoderLayer), cfg.n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
         self.out_dim = d
+        self.linear_dim = sum(input_shapes[m][0] if m == "features" else input_shapes[m][1] for m in self.modalities)
+
+    def linear_inputs(self, features: Tensor | None = None, frames: Tensor | None = None,
+                      frames_mask: Tensor | None = None, text: Tensor | None = None,
+                      text_mask: Tensor | None = None) -> Tensor:
+        """The student's inputs as one flat vector (B, ``linear_dim``) for a linear (wide) path: the standardised
+        features and each sequence's masked mean, layer-normalised without parameters (what the
+        logistic-regression reference in every ``compare`` sees)."""
+        parts = []
+        for name, x, mask in (("features", features, None), ("frames", frames, frames_mask),
+                              ("text", text, text_mask)):
+            if name not in self.modalities:
+                continue
+            if name == "features":
+                tok = self.tokenizers[name]
+                parts.append((x - tok.mean) / tok.std)
+                continue
+            m = torch.ones(x.shape[:2], dtype=x.dtype, device=x.device) if mask is None else mask.to(x.dtype)
+            pooled = (x * m.unsqueeze(-1)).sum(1) / m.sum(1, keepdim=True).clamp_min(1.0)
+            parts.append(nn.functional.layer_norm(pooled, pooled.shape[-1:]))
+        return torch.cat(parts, dim=1)
 
     def fit_inputs(self, inputs: dict[str, Tensor], rows: Tensor | None = None, read=None) -> None:
         """Fit input statistics (numeric-feature standardisation) on the train rows ``rows`` of ``inputs``."""

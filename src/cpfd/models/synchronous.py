@@ -32,8 +32,10 @@ class SynchronousPair(nn.Module):
     def forward(self, features: Tensor | None = None, frames: Tensor | None = None,
                 frames_mask: Tensor | None = None, text: Tensor | None = None, text_mask: Tensor | None = None,
                 privileged: Tensor | None = None) -> dict:
-        cls = self.student.trunk(features=features, frames=frames, frames_mask=frames_mask, text=text,
-                                 text_mask=text_mask)
-        teacher = self.teacher.fuse(cls, privileged)
-        return {"logits": self.student.heads(cls), "embedding": cls, "teacher_logits": teacher["logits"],
-                "teacher_aux_logits": teacher.get("aux_logits")}
+        inputs = {"features": features, "frames": frames, "frames_mask": frames_mask, "text": text,
+                  "text_mask": text_mask}
+        cls = self.student.trunk(**inputs)
+        linear = self.student.trunk.linear_inputs(**inputs) if self.teacher.inputs_wide else None
+        teacher = self.teacher.fuse(cls, privileged, linear)
+        return self.student.predict(cls, inputs) | {"teacher_logits": teacher["logits"],
+                                                    "teacher_aux_logits": teacher.get("aux_logits")}

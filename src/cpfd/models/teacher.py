@@ -99,8 +99,12 @@ class Teacher(nn.Module):
         self.aux_heads = TaskHeads(self.tower.out_dim, task_outputs, cfg.dropout) if self.tower is not None else None
         # Wide & deep (Cheng et al., DLRS 2016): a linear path from the standardised privileged features to the
         # logits, so the teacher can always represent what a linear model on them finds.
-        self.wide = (TaskHeads(2 * n_privileged, task_outputs) if self.tower is not None and teacher_cfg.wide
-                     else None)
+        # With model.wide the student's own linear inputs join that path (the student has the same one), so the
+        # teacher can represent the logistic regression on student + privileged inputs.
+        self.privileged_wide = self.tower is not None and teacher_cfg.wide
+        self.inputs_wide = cfg.wide
+        wide_dim = 2 * n_privileged * self.privileged_wide + self.trunk.linear_dim * self.inputs_wide
+        self.wide = TaskHeads(wide_dim, task_outputs) if wide_dim else None
         self.embedding_dim = width
 
     def forward(
@@ -112,12 +116,17 @@ class Teacher(nn.Module):
         text_mask: Tensor | None = None,
         privileged: Tensor | None = None,
     ) -> dict:
-        cls = self.trunk(features=features, frames=frames, frames_mask=frames_mask, text=text, text_mask=text_mask)
-        return self.fuse(cls, privileged)
+        inputs = {"features": features, "frames": frames, "frames_mask": frames_mask, "text": text,
+                  "text_mask": text_mask}
+        linear = self.trunk.linear_inputs(**inputs) if self.inputs_wide else None
+        return self.fuse(self.trunk(**inputs), privileged, linear)
 
-    def fuse(self, cls: Tensor, privileged: Tensor | None) -> dict:
+    def fuse(self, cls: Tensor, privileged: Tensor | None, linear: Tensor | None = None) -> dict:
         """Everything after the trunk: the dense tower, fusion and heads (the synchronous schedule shares the
-        trunk with a student and calls this on its output)."""
+        trunk with a student and calls this on its output). ``linear``: the trunk's ``linear_inputs`` (needed
+        with ``model.wide``)."""
+        if self.inputs_wide and linear is None:
+            raise ValueError("this teacher has a wide path over the student's inputs: pass linear=linear_inputs")
         if self.tower is not None:
             if privileged is None:
                 raise ValueError("this teacher needs privileged features")
@@ -130,8 +139,16 @@ class Teacher(nn.Module):
             logits = self.heads(cls)
             aux = self.aux_heads(dense)
             if self.wide is not None:
-                wide = self.wide(standardised)
+                wide = self.wide(self._wide_inputs(standardised, linear))
                 logits = {t: z + wide[t] for t, z in logits.items()}
                 aux = {t: z + wide[t] for t, z in aux.items()}
             return {"logits": logits, "embedding": cls, "aux_logits": aux}
-        return {"logits": self.heads(cls), "embedding": cls}
+        logits = self.heads(cls)
+        if self.wide is not None:  # the self-distillation teacher with model.wide: the student's architecture
+            wide = self.wide(linear)
+            logits = {t: z + wide[t] for t, z in logits.items()}
+        return {"logits": logits, "embedding": cls}
+
+    def _wide_inputs(self, standardised: Tensor, linear: Tensor | None) -> Tensor:
+        parts = ([standardised] if self.privileged_wide else []) + ([linear] if self.inputs_wide else [])
+        return torch.cat(parts, dim=1)
