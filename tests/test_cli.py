@@ -71,8 +71,8 @@ def test_compare_writes_report_results_and_plots(tmp_path):
     results = json.loads((out / "results.json").read_text())
     arms = set(results["arms"])
     references = {"logreg_student", "logreg_privileged"}
-    assert {"baseline", "self_distill", "pfd", "cpfd", "teacher", "pfd_labelled", "cpfd_labelled", "cpfd_norm",
-            "cpfd_scenario", "pfd_scenario_temp"} == arms - references  # the data has a group column
+    assert {"baseline", "self_distill", "pfd", "cpfd", "cpfd_true_class", "teacher", "pfd_labelled",
+            "cpfd_labelled", "cpfd_norm", "pfd_scenario_temp"} == arms - references  # the data has a group column
     assert references <= arms and results["arms"]["teacher"]["vs_reference"]["reference"] == "logreg_privileged"
     assert results["arms"]["baseline"]["vs_reference"]["reference"] == "logreg_student"
     assert len(results["arms"]["cpfd"]["mean_f1"]["values"]) == 2

@@ -184,14 +184,14 @@ def test_pfd_loss_value():
 
 
 def test_cpfd_kd_only_uses_true_class_with_label_free_fallback():
-    loss = build_loss(DistillConfig(method="cpfd", lam=0.5, temperature=1.0), {"spam": "binary"})
+    loss = build_loss(DistillConfig(method="cpfd", confidence="true_class", lam=0.5, temperature=1.0), {"spam": "binary"})
     # w = [0.8 (true class), 0.7 (unlabelled: max prob)] → 0.5·ln2 + 0.5·(0.8 + 0.7)/2·ln2
     assert close(loss(OUT, _batch())["loss"], 0.5 * LN2 + 0.5 * 0.75 * LN2)
 
 
 def test_cpfd_gate_floor_normalize():
     def weights(**kw):
-        loss = build_loss(DistillConfig(method="cpfd", **kw), {"spam": "binary"})
+        loss = build_loss(DistillConfig(method="cpfd", confidence="true_class", **kw), {"spam": "binary"})
         b = _batch()
         return loss.sample_weights("spam", b["teacher_logits"]["spam"], b)
 
@@ -201,7 +201,7 @@ def test_cpfd_gate_floor_normalize():
 
 
 def test_cpfd_interpolate_value():
-    loss = build_loss(DistillConfig(method="cpfd", weighting="interpolate", temperature=1.0), {"spam": "binary"})
+    loss = build_loss(DistillConfig(method="cpfd", confidence="true_class", weighting="interpolate", temperature=1.0), {"spam": "binary"})
     # (1 - 0.8)·ln2 over labelled rows + mean(0.8·ln2, 0.7·ln2)
     assert close(loss(OUT, _batch())["loss"], 0.2 * LN2 + 0.75 * LN2)
 
@@ -312,7 +312,7 @@ def test_effective_sample_size():
 
 
 def test_precomputed_confidence_gives_the_same_loss():
-    loss = build_loss(DistillConfig(method="cpfd", temperature=1.0), {"spam": "binary"})
+    loss = build_loss(DistillConfig(method="cpfd", confidence="true_class", temperature=1.0), {"spam": "binary"})
     b = _batch()
     c = loss.confidences("spam", b["teacher_logits"]["spam"], b)
     assert close(c, [0.8, 0.7])
@@ -345,7 +345,7 @@ def test_multiclass_pfd_and_cpfd_values():
     pfd = build_loss(DistillConfig(method="pfd", lam=0.3, temperature=1.0), {"c": "multiclass"})
     # 0.7·0.693147 + 0.3·1.213008 = 0.849105
     assert close(pfd(out, batch)["loss"], 0.849105)
-    cpfd = build_loss(DistillConfig(method="cpfd", lam=0.3, temperature=1.0), {"c": "multiclass"})
+    cpfd = build_loss(DistillConfig(method="cpfd", confidence="true_class", lam=0.3, temperature=1.0), {"c": "multiclass"})
     # true_class: w = p_t[0] = 0.25 → 0.485203 + 0.3·0.25·1.213008 = 0.576179
     assert close(cpfd(out, batch)["loss"], 0.576179)
 
@@ -364,7 +364,7 @@ def test_multilabel_pfd_and_cpfd_values():
     pfd = build_loss(DistillConfig(method="pfd", lam=0.4, temperature=1.0), {"t": "multilabel"})
     # 0.6·1.039721 + 0.4·0.765068 = 0.929860
     assert close(pfd(out, batch)["loss"], 0.929860)
-    cpfd = build_loss(DistillConfig(method="cpfd", lam=0.4, temperature=1.0), {"t": "multilabel"})
+    cpfd = build_loss(DistillConfig(method="cpfd", confidence="true_class", lam=0.4, temperature=1.0), {"t": "multilabel"})
     # true_class per label: w = [0.8, 1 − 0.5] → mean(0.8·ln 2, 0.5·0.836988) = 0.486506 → 0.623833 + 0.194602
     assert close(cpfd(out, batch)["loss"], 0.818435)
     assert close(cpfd.sample_weights("t", batch["teacher_logits"]["t"], batch), [[0.8, 0.5]])

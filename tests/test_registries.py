@@ -70,7 +70,8 @@ def test_every_loss_gives_a_finite_scalar_with_gradient_and_none_to_the_teacher(
     logits, labels, mask = _case(kind)
     student = torch.zeros_like(logits, requires_grad=True)
     teacher = logits.clone().requires_grad_(True)
-    loss = build_loss(DistillConfig(method=method, sync_warmup_steps=0), {"t": kind})
+    # a per-batch confidence: the dataset-level ones (the default among them) arrive precomputed in the batch
+    loss = build_loss(DistillConfig(method=method, confidence="true_class", sync_warmup_steps=0), {"t": kind})
     batch = {"labels": {"t": labels}, "label_mask": {"t": mask}}
     if getattr(loss, "trains_teacher", False):  # the teacher is part of the model: only its own CE may train it
         out = loss({"logits": {"t": student}, "teacher_logits": {"t": teacher}}, batch)

@@ -5,8 +5,9 @@ CPFD way: separates "privileged features helped" from "distillation regularises"
 ``teacher`` (upper bound). Options add arms: cross-fitted teacher outputs (``*_oof``), ``cpfd_norm``, other
 confidence functions (``cpfd_<name>``), feature distillation (``cpfd_fkd``). When the dataset has unlabelled rows,
 ``pfd_labelled`` / ``cpfd_labelled`` distil on labelled rows only, so the report shows where the gain comes from.
-With a ``group`` column, ``cpfd_scenario`` weights by per-scenario reliability against the no-privileged (self)
-teacher. With hidden labels (``--oracle-labels``), the ``oracle_gate`` control shows the ceiling of any weighting;
+``cpfd`` is the configured recipe (default: per-scenario reliability against the no-privileged (self) teacher,
+which is PFD without a ``group`` column); ``cpfd_true_class`` is the paper's per-row weight beside it. With a
+``group`` column and another configured confidence, ``cpfd_scenario`` adds the per-scenario reliability arm. With hidden labels (``--oracle-labels``), the ``oracle_gate`` control shows the ceiling of any weighting;
 those labels reach no other arm's training (only the weight diagnostics, which are evaluation).
 
 Each arm's run folder records the arm (name, teacher, description) in its ``run.json`` and its own resolved
@@ -65,26 +66,36 @@ class CompareOptions:
     oracle: OracleLabels | None = None  # hidden labels: adds the oracle_gate control
 
 
+# The control every arm is measured against: uniform weights on the teacher's own targets, whatever the configured
+# recipe adds (a per-scenario target temperature would otherwise leak into it from the run config).
+VANILLA_PFD = {"method": "pfd", "target_temperature": "none"}
+PAPER_CONFIDENCE = "true_class"
+
+
 def plan_arms(data: PreparedData, cfg: RunConfig, opts: CompareOptions) -> list[Arm]:
     main = {"method": "cpfd"}
     arms = [
         Arm("baseline", None, {"method": "none"}, "student, labels only"),
         Arm("self_distill", "self", main, "CPFD from a teacher without privileged features (control)"),
-        Arm("pfd", "privileged", {"method": "pfd"}, "vanilla PFD, uniform weights"),
+        Arm("pfd", "privileged", VANILLA_PFD, "vanilla PFD, uniform weights"),
         Arm("cpfd", "privileged", main, f"CPFD, confidence={cfg.distill.confidence}, {cfg.distill.weighting}"),
     ]
     has_unlabelled = bool((~data.labelled_any & (data.split == "train")).any())
     if opts.labelled_only_arms if opts.labelled_only_arms is not None else has_unlabelled:
-        arms += [Arm("pfd_labelled", "privileged", {"method": "pfd", "use_unlabelled": False}, "PFD, labelled rows only"),
+        arms += [Arm("pfd_labelled", "privileged", {**VANILLA_PFD, "use_unlabelled": False}, "PFD, labelled rows only"),
                  Arm("cpfd_labelled", "privileged", {**main, "use_unlabelled": False}, "CPFD, labelled rows only")]
     if opts.oof:
-        arms += [Arm("pfd_oof", "oof", {"method": "pfd"}, "PFD, cross-fitted teacher outputs"),
+        arms += [Arm("pfd_oof", "oof", VANILLA_PFD, "PFD, cross-fitted teacher outputs"),
                  Arm("cpfd_oof", "oof", main, "CPFD, cross-fitted teacher outputs"),
                  Arm("cpfd_fold_variance", "oof", {**main, "confidence": "fold_variance"},
                      "CPFD, weights from fold-teacher disagreement, fold-mean target (UST)")]
+    if cfg.distill.confidence != PAPER_CONFIDENCE:  # the paper's per-row weight, beside the configured one
+        arms.append(Arm(f"cpfd_{PAPER_CONFIDENCE}", "privileged", {**main, "confidence": PAPER_CONFIDENCE},
+                        "CPFD as in the paper: w = the calibrated teacher's probability of the true class"))
     if opts.scenario_arms if opts.scenario_arms is not None else data.groups is not None:
-        arms.append(Arm("cpfd_scenario", "privileged", {**main, "confidence": "scenario_reliability"},
-                        "CPFD, per-scenario reliability vs the no-privileged teacher"))
+        if cfg.distill.confidence != "scenario_reliability":  # else the cpfd arm is this one
+            arms.append(Arm("cpfd_scenario", "privileged", {**main, "confidence": "scenario_reliability"},
+                            "CPFD, per-scenario reliability vs the no-privileged teacher"))
         arms.append(Arm("pfd_scenario_temp", "privileged", {"method": "pfd", "target_temperature": "scenario"},
                         "PFD on targets calibrated per scenario (T_g)"))
     if opts.oracle is not None:
@@ -97,7 +108,7 @@ def plan_arms(data: PreparedData, cfg: RunConfig, opts: CompareOptions) -> list[
         source = "privileged" if loss.distils else None  # sync trains its own teacher alongside the student
         arms.append(Arm(name, source, {"method": name}, getattr(loss, "summary", f"distillation loss {name}")))
     for name in opts.confidences:
-        if name != cfg.distill.confidence:
+        if name not in (cfg.distill.confidence, PAPER_CONFIDENCE):
             arms.append(Arm(f"cpfd_{name}", "privileged", {**main, "confidence": name}, f"CPFD, confidence={name}"))
     if opts.feature_kd != "none":
         arms.append(Arm("cpfd_fkd", "privileged", {**main, "feature_kd": opts.feature_kd},
@@ -124,6 +135,7 @@ def run_compare(data: PreparedData, cfg: RunConfig, out_dir: str | Path, opts: C
         for kind in sorted({a.teacher for a in arms if a.teacher} | {"privileged", "self"}):
             t_cfg = base.model_copy(deep=True)
             t_cfg.teacher.use_privileged = kind != "self"
+            t_cfg.teacher.fit_reference = False  # the self teacher is every arm's no-privileged reference
             if kind == "self" and t_cfg.teacher.kind == "file":  # the control needs a teacher it can train
                 t_cfg.teacher.kind = "neural"
             t_cfg.teacher.oof_folds = max(cfg.teacher.oof_folds, 5) if kind == "oof" else 0

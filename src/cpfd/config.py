@@ -112,7 +112,7 @@ class TeacherConfig(_Strict):
     calibration_share: float = Field(0.5, ge=0.0, lt=1.0, description="share of validation rows held out from "
                                      "teacher selection to fit the temperature on (0: all of validation)")
     oof_folds: int = Field(0, ge=0, description="K>=2: cross-fitted (out-of-fold) teacher outputs on train rows")
-    fit_reference: bool = Field(False, description="on data with a group column, also fit a no-privileged reference "
+    fit_reference: bool = Field(True, description="on data with a group column, also fit a no-privileged reference "
                                 "teacher into <run>/reference "
                                 "(scenario_reliability and reference_agreement read it when distill gets no "
                                 "--reference)")
@@ -130,7 +130,10 @@ class DistillConfig(_Strict):
     method: str = Field("cpfd", description="name in the loss registry: none (baseline), pfd, cpfd, or a plugin's")
     lam: float = Field(0.5, ge=0.0, le=1.0, description="λ, weight of the imitation term")
     temperature: float = Field(2.0, gt=0.0, description="τ")
-    confidence: str = Field("true_class", description="name in the confidence registry")
+    confidence: str = Field("scenario_reliability", description="name in the confidence registry; the default, "
+                            "chosen on validation across benchmarks (bench/RESULTS.md), weights each business "
+                            "scenario by the teacher's reliability there and is exactly PFD without a group column; "
+                            "true_class is the paper's per-row weight")
     weighting: Literal["kd_only", "interpolate", "gate"] = "kd_only"
     gate_threshold: float = Field(0.5, ge=0.0, le=1.0, description="γ for weighting=gate")
     normalize: bool = Field(False, description="divide w by its batch mean (separates weighting from a smaller λ)")
