@@ -75,6 +75,8 @@ def test_resume_continues_to_the_same_result(fitted):
 
 def test_run_folder_contents(fitted):
     root, data, cfg, fabric = fitted
+    cfg = cfg.model_copy(deep=True)
+    cfg.distill.confidence = "true_class"  # a per-row weight, so the diagnostics can tell right from wrong rows
     distill(data, cfg, root / "contents", fabric, root / "teacher")
     run = root / "contents"
     for name in ("config.yaml", "run.json", "metrics.json", "history.json", "checkpoints/best.safetensors",
@@ -371,6 +373,8 @@ def test_weight_diagnostics_in_chunks_equal_one_pass(fitted, monkeypatch):
 
     root, data, cfg, _ = fitted
     targets = teacher_targets(root / "teacher", data, log=lambda _m: None)
+    cfg = cfg.model_copy(deep=True)
+    cfg.distill.confidence = "true_class"  # per-row weights, computed from the batch
     objective = LOSSES.get("cpfd")(cfg.distill, {t.name: t.kind for t in data.tasks}, targets.temperatures)
     task = DistillTask(build_student(data, cfg), objective, CachedTeacher(targets))
     task.prepare(data.labels, data.label_mask)
