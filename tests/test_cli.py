@@ -95,8 +95,8 @@ def test_report_rebuilds_from_seeds_run_separately(tmp_path):
     result = runner.invoke(app, ["report", str(out)])  # arms are described from their own saved configs
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
-    assert results["options"]["seeds"] == 2 and set(results["arms"]) == {"baseline", "self_distill", "pfd", "cpfd",
-                                                                         "teacher", "logreg_student", "logreg_privileged"}
+    assert results["options"]["seeds"] == 2 and set(results["arms"]) == {
+        "baseline", "self_distill", "pfd", "cpfd", "cpfd_true_class", "teacher", "logreg_student", "logreg_privileged"}
     assert len(results["arms"]["pfd"]["mean_f1"]["values"]) == 2 and (out / "report.md").exists()
 
 
