@@ -210,7 +210,8 @@ def distill(
     teacher: Annotated[Optional[Path], typer.Option(help="teacher run folder (from fit-teacher)")] = None,
     reference: Annotated[Optional[Path], typer.Option(
         help="a teacher run fitted without privileged features (--set teacher.use_privileged=false), for "
-             "confidences that compare against one (scenario_reliability, reference_agreement)")] = None,
+             "confidences that compare against one (scenario_reliability, the default, and reference_agreement); "
+             "default: the one fit-teacher fitted into <teacher>/reference on data with a group column")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="run folder to write")] = Path("runs/student"),
     method: Annotated[Optional[str], typer.Option(help="loss registry name: none (baseline), pfd, cpfd, or a "
                                                   "plugin's (see `cpfd list`)")] = None,
