@@ -7,8 +7,9 @@ confidence functions (``cpfd_<name>``), feature distillation (``cpfd_fkd``). Whe
 ``pfd_labelled`` / ``cpfd_labelled`` distil on labelled rows only, so the report shows where the gain comes from.
 ``cpfd`` is the configured recipe (default: per-scenario reliability against the no-privileged (self) teacher,
 which is PFD without a ``group`` column); ``cpfd_true_class`` is the paper's per-row weight beside it. With a
-``group`` column and another configured confidence, ``cpfd_scenario`` adds the per-scenario reliability arm. With hidden labels (``--oracle-labels``), the ``oracle_gate`` control shows the ceiling of any weighting;
-those labels reach no other arm's training (only the weight diagnostics, which are evaluation).
+``group`` column and another configured confidence, ``cpfd_scenario`` adds the per-scenario reliability arm.
+With hidden labels (``--oracle-labels``), the ``oracle_gate`` control shows the ceiling of any weighting; those
+labels reach no other arm's training (only the weight diagnostics, which are evaluation).
 
 Each arm's run folder records the arm (name, teacher, description) in its ``run.json`` and its own resolved
 config; :func:`collect` builds ``results.json`` from those folders alone, so ``cpfd compare`` and ``cpfd report``

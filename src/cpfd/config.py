@@ -77,8 +77,9 @@ class ModelConfig(_Strict):
     n_cross_layers: int = Field(2, ge=0, description="text-to-frame cross-attention layers (X-VLM style)")
     feature_tokens: int = Field(4, ge=1, description="tokens a numeric feature vector is projected into")
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    wide: bool = Field(False, description="student: add a linear path from its standardised inputs (features, "
-                       "mean-pooled frames and text) to the logits")
+    wide: bool = Field(False, description="add a linear path from the student's standardised inputs (features, "
+                       "mean-pooled frames and text) to the logits, in the student and in the teacher's linear "
+                       "path (off: no gain measured, bench/RESULTS.md)")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "ModelConfig":
