@@ -80,11 +80,17 @@ class ModelConfig(_Strict):
     wide: bool = Field(False, description="add a linear path from the student's standardised inputs (features, "
                        "mean-pooled frames and text) to the logits, in the student and in the teacher's linear "
                        "path (off: no gain measured, bench/RESULTS.md)")
+    wide_init: Literal["random", "logreg"] = Field(
+        "random", description="logreg: start the wide path at the validation-tuned logistic regression on its "
+        "inputs and the deep heads at zero, and keep that start unless training lowers the validation loss "
+        "(needs model.wide)")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "ModelConfig":
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if self.wide_init == "logreg" and not self.wide:
+            raise ValueError("model.wide_init=logreg starts the wide path: set model.wide=true too")
         return self
 
 

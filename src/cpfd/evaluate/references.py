@@ -53,11 +53,12 @@ def privileged_matrix(data: PreparedData, train: np.ndarray) -> np.ndarray:
     return np.concatenate([filled, indicators], axis=1)
 
 
-def _fit_binary(x: np.ndarray, y: np.ndarray, train: np.ndarray, val: np.ndarray) -> np.ndarray:
-    """Decision values for every row from the C with the lowest validation log-loss."""
+def best_binary(x: np.ndarray, y: np.ndarray, train: np.ndarray, val: np.ndarray) -> LogisticRegression | float:
+    """The logistic regression with the lowest validation log-loss over ``C_GRID``; with one class in train, the
+    constant log-odds of the train labels instead."""
     if len(np.unique(y[train])) < 2:
         p = float(np.clip(y[train].mean() if len(train) else 0.5, 1e-6, 1 - 1e-6))
-        return np.full(len(x), np.log(p / (1 - p)))
+        return float(np.log(p / (1 - p)))
     best, best_loss = None, np.inf
     for c in C_GRID:
         model = LogisticRegression(C=c, max_iter=2000)
@@ -66,10 +67,11 @@ def _fit_binary(x: np.ndarray, y: np.ndarray, train: np.ndarray, val: np.ndarray
         loss = float(np.mean(np.logaddexp(0, z) - y[val] * z)) if len(val) else 0.0
         if loss < best_loss:
             best, best_loss = model, loss
-    return best.decision_function(x)
+    return best
 
 
-def _fit_multiclass(x: np.ndarray, y: np.ndarray, n_classes: int, train: np.ndarray, val: np.ndarray) -> np.ndarray:
+def best_multiclass(x: np.ndarray, y: np.ndarray, train: np.ndarray, val: np.ndarray) -> LogisticRegression:
+    """The multinomial logistic regression with the lowest validation log-loss over ``C_GRID``."""
     best, best_loss = None, np.inf
     for c in C_GRID:
         model = LogisticRegression(C=c, max_iter=2000)
@@ -79,6 +81,17 @@ def _fit_multiclass(x: np.ndarray, y: np.ndarray, n_classes: int, train: np.ndar
         loss = -float(np.mean([logp[i, cols[k]] if k in cols else -30.0 for i, k in enumerate(y[val])])) if len(val) else 0
         if loss < best_loss:
             best, best_loss = model, loss
+    return best
+
+
+def _fit_binary(x: np.ndarray, y: np.ndarray, train: np.ndarray, val: np.ndarray) -> np.ndarray:
+    """Decision values for every row from the C with the lowest validation log-loss."""
+    model = best_binary(x, y, train, val)
+    return np.full(len(x), model) if isinstance(model, float) else model.decision_function(x)
+
+
+def _fit_multiclass(x: np.ndarray, y: np.ndarray, n_classes: int, train: np.ndarray, val: np.ndarray) -> np.ndarray:
+    best = best_multiclass(x, y, train, val)
     out = np.full((len(x), n_classes), -30.0)
     out[:, best.classes_] = best.predict_log_proba(x)
     return out

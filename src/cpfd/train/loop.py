@@ -136,11 +136,13 @@ def validation_loss(data: PreparedData, logits: dict[str, torch.Tensor], within:
 
 
 def fit(fabric: Fabric, task: DistillTask, data: PreparedData, train_idx: np.ndarray, cfg: TrainConfig,
-        run: RunFolder, *, resume: bool = False, desc: str = "train", select_within: np.ndarray | None = None
-        ) -> FitResult:
+        run: RunFolder, *, resume: bool = False, desc: str = "train", select_within: np.ndarray | None = None,
+        score_start: bool = False) -> FitResult:
     """Train ``task.model`` on ``train_idx`` with ``task(batch)["loss"]`` under the budget of
     :mod:`cpfd.train.budget`; the best checkpoint by validation loss (or F1, ``train.select``) is restored.
     ``select_within`` (a row mask) restricts the validation rows that select it (teachers keep a calibration slice).
+    ``score_start``: the untrained weights are a candidate too (a model started at a fitted solution,
+    ``model.wide_init``), scored before the first step as "epoch 0".
 
     Only ``task.model`` is set up by Fabric (wrapped for DDP); a teacher inside the task never is.
     """
@@ -194,6 +196,22 @@ def fit(fabric: Fabric, task: DistillTask, data: PreparedData, train_idx: np.nda
             last_save = time.monotonic()
         return by_steps or by_time
 
+    def score() -> tuple[dict, float, float]:
+        preds = predict(task.model, data, val_idx, with_privileged=task.model_takes_privileged)
+        val = evaluate_logits(data, preds["logits"], eval_split="val", tune_split="val", by_group=False,
+                              within=select_within)
+        val_loss = validation_loss(data, preds["logits"], select_within)
+        return val, val_loss, (val_loss if cfg.select == "val_loss" else -val["mean_f1"])
+
+    if score_start and state["epoch"] == -1 and not history:
+        val, val_loss, key = score()
+        state |= {"best_key": key, "best_f1": val["mean_f1"], "best_val_loss": val_loss}
+        history.append({"val/loss": val_loss, "val/mean_f1": val["mean_f1"], "epoch": -1, "step": 0})
+        if fabric.is_global_zero:
+            save_weights(unwrap(task.model), run.best)
+        if plain:
+            fabric.print(f"{desc} start: val loss {val_loss:.4f} val F1 {val['mean_f1']:.4f}", flush=True)
+
     stopped_early = False
     step = state["step"]
     epoch = state["epoch"]
@@ -238,11 +256,7 @@ def fit(fabric: Fabric, task: DistillTask, data: PreparedData, train_idx: np.nda
         elapsed = time.perf_counter() - tic
         data.release_memory()  # the pages this epoch read; the next epoch maps what it needs again
 
-        preds = predict(task.model, data, val_idx, with_privileged=task.model_takes_privileged)
-        val = evaluate_logits(data, preds["logits"], eval_split="val", tune_split="val", by_group=False,
-                              within=select_within)
-        val_loss = validation_loss(data, preds["logits"], select_within)
-        key = val_loss if cfg.select == "val_loss" else -val["mean_f1"]
+        val, val_loss, key = score()
         record = {f"train/{k}": v / max(steps, 1) for k, v in sums.items()}
         record |= {"val/loss": val_loss, "val/mean_f1": val["mean_f1"], "epoch": epoch, "step": step,
                    "lr": scheduler.get_last_lr()[0], "rows_per_s": (rows - rows_before) * fabric.world_size / max(elapsed, 1e-9)}

@@ -19,6 +19,7 @@ from cpfd.distill.context import TaskContext
 from cpfd.distill.targets import TeacherTargets
 from cpfd.distill.probs import task_probs
 from cpfd.distill.losses import WithAuxiliary, build_loss
+from cpfd.models.linear_start import start_from_logistic_regression
 from cpfd.registry import LOSSES
 from cpfd.distill.task import CachedTeacher, DistillTask, OnlineTeacher
 from cpfd.evaluate.diagnostics import weight_diagnostics
@@ -103,6 +104,17 @@ def check_resume(run: RunFolder, cfg: RunConfig, data: PreparedData) -> None:
                          "or start a new run folder")
 
 
+def linear_start(model, data: PreparedData, cfg: RunConfig, rows: np.ndarray, select: np.ndarray | None,
+                 log: Log) -> bool:
+    """With ``model.wide_init=logreg``, start ``model`` at its logistic regression (:mod:`cpfd.models.linear_start`);
+    True when it did, so the training loop scores the start as a checkpoint."""
+    if cfg.model.wide_init != "logreg":
+        return False
+    counts = start_from_logistic_regression(model, data, rows, select, cfg.train.seed)
+    log(f"wide path started at a logistic regression on {counts} labelled train rows")
+    return True
+
+
 def fold_assignment(data: PreparedData, cfg: RunConfig) -> list[np.ndarray]:
     rows = np.random.default_rng(cfg.train.seed).permutation(data.indices("train", labelled_only=True))
     return [np.sort(part) for part in np.array_split(rows, cfg.teacher.oof_folds)]
@@ -136,15 +148,19 @@ def fit_teacher(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, res
                 fit_gbdt(data, cfg, run.fold(k).gbdt_model, np.setdiff1d(labelled, held_out), select)
     else:
         fabric.seed_everything(cfg.train.seed, verbose=False)
-        task = DistillTask(build_teacher(data, cfg), _teacher_objective(cfg, data), model_takes_privileged=True)
+        teacher = build_teacher(data, cfg)
+        started = linear_start(teacher, data, cfg, labelled, select, log)
+        task = DistillTask(teacher, _teacher_objective(cfg, data), model_takes_privileged=True)
         summary |= fit_summary(fit(fabric, task, data, labelled, cfg.train, run, resume=resume, desc="teacher",
-                                   select_within=select))
+                                   select_within=select, score_start=started))
         for k, held_out in enumerate(folds):
             fabric.seed_everything(cfg.train.seed + 1000 * (k + 1), verbose=False)
-            fold_task = DistillTask(build_teacher(data, cfg), _teacher_objective(cfg, data),
-                                    model_takes_privileged=True)
-            fit(fabric, fold_task, data, np.setdiff1d(labelled, held_out), cfg.train, run.fold(k), resume=resume,
-                desc=f"fold {k + 1}/{len(folds)}", select_within=select)
+            fold_teacher = build_teacher(data, cfg)
+            fold_rows = np.setdiff1d(labelled, held_out)
+            started = linear_start(fold_teacher, data, cfg, fold_rows, select, log)
+            fold_task = DistillTask(fold_teacher, _teacher_objective(cfg, data), model_takes_privileged=True)
+            fit(fabric, fold_task, data, fold_rows, cfg.train, run.fold(k), resume=resume,
+                desc=f"fold {k + 1}/{len(folds)}", select_within=select, score_start=started)
     if cfg.teacher.fit_reference and cfg.teacher.use_privileged and data.groups is not None:
         r_cfg = cfg.model_copy(deep=True)
         r_cfg.teacher = r_cfg.teacher.model_copy(update={"use_privileged": False, "kind": "neural", "oof_folds": 0,
@@ -299,6 +315,8 @@ def distill(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, teacher
                                                "oracle_labels": oracle.path if oracle else None, **(extra or {})})
     fabric.seed_everything(cfg.train.seed, verbose=False)
     student = build_student(data, cfg)
+    rows = student_train_rows(data, cfg)
+    started = linear_start(student, data, cfg, rows, None, log)
     model = student
     if objective.distils and cfg.distill.feature_kd != "none":
         model = StudentWithProjector(student, targets.embedding.shape[1])
@@ -310,8 +328,8 @@ def distill(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, teacher
     task = DistillTask(model, objective, teacher, model_takes_privileged=trains_teacher)
     task.prepare(data.labels, data.label_mask, contexts)
     data.release_memory()  # the per-row confidences' temporaries
-    rows = student_train_rows(data, cfg)
-    result = fit(fabric, task, data, rows, cfg.train, run, resume=resume, desc=f"student[{cfg.distill.method}]")
+    result = fit(fabric, task, data, rows, cfg.train, run, resume=resume, desc=f"student[{cfg.distill.method}]",
+                 score_start=started and not trains_teacher)
     metrics = {}
     if fabric.is_global_zero:
         metrics = evaluate_student(data, student)
