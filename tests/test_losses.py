@@ -247,6 +247,21 @@ def test_scenario_temperatures_are_fitted_per_scenario_with_a_global_fallback():
     assert torch.all(t[:3000] == t[0]) and torch.all(t[3000:5990] == t[3000])
 
 
+def test_scenario_temperatures_use_only_the_calibration_slice():
+    gen = torch.Generator().manual_seed(1)
+    z = torch.randn(4000, 4, generator=gen) * 1.5
+    y = torch.multinomial(torch.softmax(z, -1), 1, generator=gen).squeeze(-1)
+    scale = torch.ones(4000)
+    scale[:2000] = 4.0  # rows the teacher was selected on look different from the calibration slice
+    split = np.array(["val"] * 4000)
+    within = np.arange(4000) >= 2000
+    t = scenario_temperatures(z * scale[:, None], y, torch.ones(4000, dtype=torch.bool), split, None, "multiclass",
+                              within=within)
+    # Fitted on the slice alone (T = 1 there), not on the mixture (1 < T < 4), and applied to every row.
+    assert float(t[0]) == pytest.approx(fit_temperature(z[2000:], y[2000:], "multiclass"))
+    assert abs(float(t[0]) - 1.0) < 0.1 and torch.all(t == t[0])
+
+
 def test_wsld_weights_values():
     loss = build_loss(DistillConfig(method="wsld"), {"t": "binary"})
     student, teacher = torch.tensor([[0.0], [0.0]]), torch.tensor([[math.log(3.0)], [math.log(3.0)]])

@@ -66,17 +66,22 @@ def choose_temperature(logits: Tensor, labels: Tensor, task_type: str | TaskType
 
 
 def scenario_temperatures(logits: Tensor, labels: Tensor, label_mask: Tensor, split: np.ndarray,
-                          groups: np.ndarray | None, task_type: str | TaskType, min_rows: int = 30) -> Tensor:
+                          groups: np.ndarray | None, task_type: str | TaskType, min_rows: int = 30,
+                          within: np.ndarray | None = None) -> Tensor:
     r"""One temperature per business scenario, returned per row: :math:`T_{g(i)}`.
 
     :math:`T_g = \arg\min_T \sum_{i \in V_g} \mathrm{CE}(y_i, z_i / T)` over the labelled validation rows
     :math:`V_g` of scenario g (:func:`fit_temperature`); scenarios with fewer than ``min_rows`` such rows, and
-    datasets without scenarios, use the temperature fitted on all validation rows. Where a scenario's privileged
+    datasets without scenarios, use the temperature fitted on all of them. ``within`` (a row mask) keeps only the
+    validation rows the teacher was not selected on (its calibration slice): on the rows early stopping chose it
+    by, the teacher looks better than it is and the temperatures come out too low. Where a scenario's privileged
     features went stale the teacher is confidently wrong there and :math:`T_g` grows, flattening its targets
     there only. Reference: Guo et al., ICML 2017 (temperature scaling), applied per scenario as in
     docs/method.md ("When can confidence weighting beat uniform PFD?").
     """
     val = np.asarray(split == "val") & label_mask.numpy().astype(bool)
+    if within is not None:
+        val &= within
     global_t = fit_temperature(logits[torch.from_numpy(val)], labels[torch.from_numpy(val)], task_type)
     per_row = torch.full((logits.shape[0],), global_t, dtype=torch.float32)
     if groups is not None:

@@ -188,14 +188,16 @@ def student_train_rows(data: PreparedData, cfg: RunConfig) -> np.ndarray:
     return data.indices("train", labelled_only=not (soft_labels and cfg.distill.use_unlabelled))
 
 
-def per_scenario_targets(data: PreparedData, targets: TeacherTargets) -> TeacherTargets:
+def per_scenario_targets(data: PreparedData, targets: TeacherTargets, within: np.ndarray | None = None
+                         ) -> TeacherTargets:
     """The teacher's logits divided row-wise by their scenario's temperature
-    (:func:`cpfd.distill.calibration.scenario_temperatures`); the global temperatures become 1 (already applied)."""
+    (:func:`cpfd.distill.calibration.scenario_temperatures`, fitted on the validation rows in ``within``: the
+    teacher's calibration slice); the global temperatures become 1 (already applied)."""
     logits, report = {}, {}
     for task in data.tasks:
         z = targets.logits[task.name]
         t = scenario_temperatures(z, data.labels[task.name], data.label_mask[task.name], data.split, data.groups,
-                                  task.kind)
+                                  task.kind, within=within)
         logits[task.name] = z / t.reshape(-1, *([1] * (z.dim() - 1)))
         groups = data.groups if data.groups is not None else np.array(["(all)"] * len(data), dtype=object)
         report[task.name] = {str(g): round(float(t[np.flatnonzero(groups == g)[0]]), 4) for g in np.unique(groups)}
@@ -285,7 +287,8 @@ def distill(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, teacher
             targets = teacher_targets(teacher_run, data, log if fabric.is_global_zero else (lambda _m: None),
                                       embedding=cfg.distill.feature_kd != "none")
         if cfg.distill.target_temperature == "scenario":
-            targets = per_scenario_targets(data, targets)
+            targets = per_scenario_targets(data, targets,
+                                           data.calibration_rows(teacher_run.config.teacher.calibration_share))
             log(f"teacher targets divided by per-scenario temperatures: {targets.calibration['scenario_temperature']}")
         teacher = CachedTeacher(targets)
         if cfg.distill.teacher_outputs == "online":
