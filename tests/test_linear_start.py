@@ -17,7 +17,7 @@ from cpfd.config import ModelConfig, load_config
 from cpfd.data import load_dataset
 from cpfd.evaluate.references import C_GRID
 from cpfd.models.build import build_student, build_teacher, load_student
-from cpfd.models.linear_start import start_from_logistic_regression, wide_inputs
+from cpfd.train.linear_start import start_from_logistic_regression, wide_inputs
 from cpfd.train.loop import make_fabric
 from cpfd.train.schedule import distill
 

@@ -83,7 +83,7 @@ class ModelConfig(_Strict):
     wide_init: Literal["random", "logreg"] = Field(
         "random", description="logreg: start the wide path at the validation-tuned logistic regression on its "
         "inputs and the deep heads at zero, and keep that start unless training lowers the validation loss "
-        "(needs model.wide)")
+        "(needs model.wide; off: not adopted on validation, bench/RESULTS.md)")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "ModelConfig":

@@ -19,7 +19,7 @@ from cpfd.distill.context import TaskContext
 from cpfd.distill.targets import TeacherTargets
 from cpfd.distill.probs import task_probs
 from cpfd.distill.losses import WithAuxiliary, build_loss
-from cpfd.models.linear_start import start_from_logistic_regression
+from cpfd.train.linear_start import start_from_logistic_regression
 from cpfd.registry import LOSSES
 from cpfd.distill.task import CachedTeacher, DistillTask, OnlineTeacher
 from cpfd.evaluate.diagnostics import weight_diagnostics
@@ -106,7 +106,7 @@ def check_resume(run: RunFolder, cfg: RunConfig, data: PreparedData) -> None:
 
 def linear_start(model, data: PreparedData, cfg: RunConfig, rows: np.ndarray, select: np.ndarray | None,
                  log: Log) -> bool:
-    """With ``model.wide_init=logreg``, start ``model`` at its logistic regression (:mod:`cpfd.models.linear_start`);
+    """With ``model.wide_init=logreg``, start ``model`` at its logistic regression (:mod:`cpfd.train.linear_start`);
     True when it did, so the training loop scores the start as a checkpoint."""
     if cfg.model.wide_init != "logreg":
         return False
