@@ -494,3 +494,33 @@ def test_export_never_deletes_what_it_did_not_write(exported, tmp_path):
         export_bundle(run, good, data, student, tolerance=-1.0)
     assert {p.name: p.read_bytes() for p in good.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "my_project"]  # no temporary left behind
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_a_wide_student_started_at_its_regression_exports_with_parity(exported, tmp_path, runtime):
+    # The wide path pools masked frame and text sequences: export must carry it, and the bundle must give the
+    # training path's logits (export itself refuses a bundle that fails its parity check).
+    from cpfd.data import load_dataset
+    from cpfd.models.build import load_student
+    from cpfd.runs import RunFolder
+    from cpfd.train.loop import predict
+
+    runner = CliRunner()
+    sets = _sets(exported / "cache") + ["--set", "model.wide=true", "--set", "model.wide_init=logreg"]
+    for args in (["distill", str(exported / "ds"), "--method", "none", "--out", str(tmp_path / "student"), *sets],
+                 ["export", str(tmp_path / "student"), "--out", str(tmp_path / "bundle")]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+    run = RunFolder(tmp_path / "student")
+    assert any(k.startswith("wide.") for k in load_file(str(run.best)))
+    data = load_dataset(exported / "ds", extract=run.config.extract, log=lambda m: None)
+    expected = predict(load_student(run, data), data, np.arange(len(data)))["logits"]["label"].numpy().reshape(-1)
+    table = pd.read_parquet(exported / "ds" / "data.parquet")
+    bundle = StudentBundle(tmp_path / "bundle", runtime)
+    rows = [0, 5, 11]
+    inputs = bundle.prepare(texts=[bundle.text({"title": table.loc[i, "title"]}) for i in rows],
+                            frame_embeddings=data.student_inputs["frames"][rows].numpy())
+    got = bundle.logits(inputs)["label"].reshape(-1)
+    # Serving re-encodes the title; the regression's weights on standardised inputs magnify the encoder's float
+    # noise (~1e-7) to a few 1e-5 in the logit, so the bound is relative here.
+    np.testing.assert_allclose(got, expected[rows], rtol=1e-4, atol=1e-5)

@@ -113,11 +113,13 @@ def test_context_confidences_say_what_they_need(tmp_path):
     assert info["reference"] == str(reference)
 
 
-def test_synchronous_schedule_trains_a_deployable_student(tmp_path):
+@pytest.mark.parametrize("wide", [False, True])
+def test_synchronous_schedule_trains_a_deployable_student(tmp_path, wide):
     ds = make_dataset(tmp_path / "ds", n=120, n_unlabelled=40)
     out = tmp_path / "sync"
+    extra = ["--set", "model.wide=true", "--set", "model.wide_init=logreg"] if wide else []
     result = runner.invoke(app, ["distill", str(ds), "--out", str(out), "--method", "sync", "--epochs", "1",
-                                 "--set", "distill.sync_warmup_steps=1", *FAST])
+                                 "--set", "distill.sync_warmup_steps=1", *extra, *FAST])
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["method"] == "sync" and metrics["train_rows"] == 72 + 40  # labelled train rows + unlabelled

@@ -93,7 +93,9 @@ class FusionTrunk(nn.Module):
         self.encoder = nn.TransformerEncoder(layer(nn.TransformerEncoderLayer), cfg.n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
         self.out_dim = d
-        self.linear_dim = sum(input_shapes[m][0] if m == "features" else input_shapes[m][1] for m in self.modalities)
+        # Widths as plain ints: a normalised shape read off a tensor does not export to ONNX.
+        self.linear_widths = {m: input_shapes[m][0] if m == "features" else input_shapes[m][1] for m in self.modalities}
+        self.linear_dim = sum(self.linear_widths.values())
 
     def linear_inputs(self, features: Tensor | None = None, frames: Tensor | None = None,
                       frames_mask: Tensor | None = None, text: Tensor | None = None,
@@ -112,7 +114,7 @@ class FusionTrunk(nn.Module):
                 continue
             m = torch.ones(x.shape[:2], dtype=x.dtype, device=x.device) if mask is None else mask.to(x.dtype)
             pooled = (x * m.unsqueeze(-1)).sum(1) / m.sum(1, keepdim=True).clamp_min(1.0)
-            parts.append(nn.functional.layer_norm(pooled, pooled.shape[-1:]))
+            parts.append(nn.functional.layer_norm(pooled, (self.linear_widths[name],)))
         return torch.cat(parts, dim=1)
 
     def fit_inputs(self, inputs: dict[str, Tensor], rows: Tensor | None = None, read=None) -> None:
