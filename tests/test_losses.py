@@ -260,6 +260,11 @@ def test_scenario_temperatures_use_only_the_calibration_slice():
     # Fitted on the slice alone (T = 1 there), not on the mixture (1 < T < 4), and applied to every row.
     assert float(t[0]) == pytest.approx(fit_temperature(z[2000:], y[2000:], "multiclass"))
     assert abs(float(t[0]) - 1.0) < 0.1 and torch.all(t == t[0])
+    # A slice of fewer than min_rows labelled rows fits nothing: T = 1 everywhere.
+    few = np.arange(4000) >= 3980
+    t = scenario_temperatures(z * scale[:, None], y, torch.ones(4000, dtype=torch.bool), split, None, "multiclass",
+                              within=few)
+    assert torch.all(t == 1.0)
 
 
 def test_wsld_weights_values():
