@@ -95,3 +95,13 @@ def test_training_keeps_the_start_unless_validation_loss_improves(data, tmp_path
 def test_logreg_start_needs_the_wide_path():
     with pytest.raises(ValueError, match="model.wide=true"):
         ModelConfig(wide_init="logreg")
+
+
+def test_one_class_in_train_gets_the_top_logit_and_no_weights():
+    from cpfd.train.linear_start import MISSING_CLASS_LOGIT, _linear_layer
+
+    x = np.random.default_rng(0).normal(size=(20, 3))
+    y = np.full(20, 2.0)
+    weight, bias = _linear_layer(x, y, 4, False, np.arange(15), np.arange(15, 20))
+    assert np.all(weight == 0)
+    assert bias.tolist() == [MISSING_CLASS_LOGIT, MISSING_CLASS_LOGIT, 0.0, MISSING_CLASS_LOGIT]

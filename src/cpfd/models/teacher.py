@@ -139,7 +139,7 @@ class Teacher(nn.Module):
             logits = self.heads(cls)
             aux = self.aux_heads(dense)
             if self.wide is not None:
-                wide = self.wide(self._wide_inputs(standardised, linear))
+                wide = self.wide(self.wide_inputs(standardised, linear))
                 logits = {t: z + wide[t] for t, z in logits.items()}
                 aux = {t: z + wide[t] for t, z in aux.items()}
             return {"logits": logits, "embedding": cls, "aux_logits": aux}
@@ -149,6 +149,7 @@ class Teacher(nn.Module):
             logits = {t: z + wide[t] for t, z in logits.items()}
         return {"logits": logits, "embedding": cls}
 
-    def _wide_inputs(self, standardised: Tensor, linear: Tensor | None) -> Tensor:
+    def wide_inputs(self, standardised: Tensor, linear: Tensor | None) -> Tensor:
+        """What the linear path reads: [z ; missing] of the privileged features and/or the student's linear inputs."""
         parts = ([standardised] if self.privileged_wide else []) + ([linear] if self.inputs_wide else [])
         return torch.cat(parts, dim=1)

@@ -44,11 +44,9 @@ def wide_inputs(model: nn.Module, data: PreparedData, rows: np.ndarray) -> np.nd
     parts = []
     for start in range(0, len(rows), BATCH):
         batch = dataset.__getitems__(list(range(start, min(start + BATCH, len(rows)))))
-        linear = model.trunk.linear_inputs(**batch["student"]) if getattr(model, "inputs_wide", True) else None
-        if isinstance(model, Teacher):
-            x = model._wide_inputs(model.tower.standardise(batch["privileged"]), linear) if takes_privileged else linear
-        else:
-            x = linear
+        x = model.trunk.linear_inputs(**batch["student"])  # model.wide is required, so the path reads these
+        if takes_privileged:
+            x = model.wide_inputs(model.tower.standardise(batch["privileged"]), x)
         parts.append(x.double().numpy())
     model.train(was_training)
     data.release_memory()
@@ -73,8 +71,12 @@ def _linear_layer(x: np.ndarray, y: np.ndarray, n_outputs: int, per_label: bool,
                 else:
                     weight[k], bias[k] = fitted.coef_[0], fitted.intercept_[0]
         else:
-            fitted = best_multiclass(z, y.astype(int), train, val)
             bias[:] = MISSING_CLASS_LOGIT
+            present = np.unique(y[train]).astype(int)
+            if len(present) < 2:  # one class in train: nothing to regress, that class gets the highest logit
+                bias[present] = 0.0
+                return weight, bias
+            fitted = best_multiclass(z, y.astype(int), train, val)
             if len(fitted.classes_) == 2:  # scikit-learn keeps one row for two classes: split it symmetrically
                 coef = np.stack([-fitted.coef_[0], fitted.coef_[0]]) / 2
                 intercept = np.array([-fitted.intercept_[0], fitted.intercept_[0]]) / 2
@@ -88,10 +90,10 @@ def _linear_layer(x: np.ndarray, y: np.ndarray, n_outputs: int, per_label: bool,
 
 
 def start_from_logistic_regression(model: nn.Module, data: PreparedData, rows: np.ndarray,
-                                   val_within: np.ndarray | None = None, seed: int = 0) -> dict[str, float]:
+                                   val_within: np.ndarray | None = None, seed: int = 0) -> dict[str, int]:
     """Set ``model``'s wide path to the logistic regression fitted on the labelled rows among ``rows`` (C chosen on
     labelled validation rows, within ``val_within`` when given) and zero its deep heads. Returns each task's
-    chosen train-row count, for the log."""
+    number of labelled train rows the regression was fitted on, for the log."""
     if not isinstance(model, (Student, Teacher)):
         raise UsageError("model.wide_init=logreg needs cached embeddings (not extract.end_to_end)")
     if model.wide is None:
