@@ -142,7 +142,7 @@ def fit(fabric: Fabric, task: DistillTask, data: PreparedData, train_idx: np.nda
     :mod:`cpfd.train.budget`; the best checkpoint by validation loss (or F1, ``train.select``) is restored.
     ``select_within`` (a row mask) restricts the validation rows that select it (teachers keep a calibration slice).
     ``score_start``: the untrained weights are a candidate too (a model started at a fitted solution,
-    ``model.wide_init``), scored before the first step as "epoch 0".
+    ``model.wide_init``), scored before the first step and recorded in the history as epoch -1.
 
     Only ``task.model`` is set up by Fabric (wrapped for DDP); a teacher inside the task never is.
     """
