@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -249,12 +250,20 @@ def test_lightgbm_teacher_gives_cached_outputs_a_student_distils_from(fitted, tm
 
 def test_bring_your_own_teacher_outputs_are_validated_and_cached(fitted, tmp_path):
     from cpfd.data import DatasetError
+    from cpfd.runs import RunFolder
     from cpfd.train.teacher_kinds import outputs_frame
+    from cpfd.train.teacher_outputs import export_outputs
 
     root, data, cfg, fabric = fitted
     reference = teacher_targets(root / "teacher", data)
     frame = outputs_frame(list(data.ids), {t: z.numpy() for t, z in reference.logits.items()}, "video_id")
     frame.to_parquet(tmp_path / "mine.parquet")
+    # export_outputs writes the same table from the run folder (a teacher fitted on history, applied to today).
+    exported = pd.read_parquet(export_outputs(RunFolder(root / "teacher"), data, tmp_path / "exported.parquet"))
+    assert exported["video_id"].tolist() == frame["video_id"].tolist()
+    for column in [c for c in frame if c.startswith("logits_")]:
+        assert np.allclose(np.stack(exported[column].map(np.atleast_1d)), np.stack(frame[column].map(np.atleast_1d)),
+                           atol=1e-6), column
     own = cfg.model_copy(deep=True)
     own.teacher = own.teacher.model_copy(update={"kind": "file", "outputs_file": str(tmp_path / "mine.parquet")})
     fit_teacher(data, own, tmp_path / "own", fabric)

@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from cpfd.config import ExtractConfig, FrameSampling
+from cpfd.config import ExtractConfig, FrameSampling, load_config
 from cpfd.data import DatasetError, load_dataset
 from cpfd.data.embeddings import MediaRow, extract_frames
 from cpfd.data.preprocess import Preprocessor
@@ -343,6 +343,21 @@ def test_demo_extraction_is_reused_by_fit_teacher_without_encoding(tmp_path, mon
     assert "encoded" not in result.output and (tmp_path / "t" / "metrics.json").exists()
 
 
+def test_history_table_reads_the_same_clips_from_the_shared_cache_without_decoding(tmp_path, monkeypatch):
+    """`cpfd demo` fits its teacher on data/history, whose rows reach the current table's clips as ../clips/x.mp4:
+    the frame cache is keyed by the resolved path, so those clips are decoded once for both tables."""
+    from cpfd.data import embeddings
+    from cpfd.demo import DEMO_SETTINGS, generate
+
+    folder = generate(tmp_path / "demo", n_labelled=30, n_unlabelled=10, history=True)
+    extract = load_config(None, [*DEMO_SETTINGS, f"extract.cache_dir={tmp_path / 'cache'}"]).extract
+    current = load_dataset(folder, extract=extract, log=lambda m: None)
+    monkeypatch.setattr(embeddings, "decode_media", lambda *a, **k: pytest.fail("a clip was decoded again"))
+    history = load_dataset(folder / "history", extract=extract, log=lambda m: None)
+    assert list(history.ids) == list(current.ids)
+    assert torch.equal(history.student_inputs["frames"], current.student_inputs["frames"])
+
+
 def test_float16_store_halves_embeddings_and_batches_are_float32(tmp_path):
     from cpfd.train.batches import RowDataset
 
@@ -397,13 +412,27 @@ def test_extract_with_two_ranks_builds_the_store_from_their_shares(tmp_path):
     assert _shard_files(tmp_path / "shared") == shards and not any("encoded" in m for m in logs)
 
 
+def test_demo_splits_its_labelled_rows_by_the_given_shares(tmp_path):
+    import pandas as pd
+
+    from cpfd.demo import generate
+
+    table = pd.read_parquet(generate(tmp_path / "d", n_labelled=40, n_unlabelled=10, shares=(0.3, 0.35, 0.35))
+                            / "data.parquet")
+    assert table["split"][:40].value_counts().to_dict() == {"train": 12, "val": 14, "test": 14}
+    assert (table["split"][40:] == "train").all()
+    with pytest.raises(ValueError, match="shares"):
+        generate(tmp_path / "e", n_labelled=10, n_unlabelled=0, shares=(0.5, 0.5, 0.0))
+
+
 def test_demo_history_goes_stale_after_the_teachers_rows_and_only_in_two_categories(tmp_path):
     import pandas as pd
 
     from cpfd.demo import CATEGORIES, STALE_DONOR, generate
 
     # No label noise, so the labels are the categories the history was generated from.
-    drifted = pd.read_parquet(generate(tmp_path / "d", n_labelled=60, n_unlabelled=40, noise=0.0) / "data.parquet")
+    drifted = pd.read_parquet(generate(tmp_path / "d", n_labelled=60, n_unlabelled=40, noise=0.0, history=True)
+                              / "data.parquet")
     control = pd.read_parquet(generate(tmp_path / "c", n_labelled=60, n_unlabelled=40, noise=0.0, drift=False)
                               / "data.parquet")
     hidden = pd.read_parquet(tmp_path / "d" / "hidden_labels.parquet")
@@ -418,6 +447,8 @@ def test_demo_history_goes_stale_after_the_teachers_rows_and_only_in_two_categor
     # The teacher's rows (labelled train) and every non-stale row: the same fresh history in both datasets.
     fresh = (labelled & (drifted["split"] == "train")) | (drifted["scenario"] != "stale")
     pd.testing.assert_frame_equal(drifted.loc[fresh, dense], control.loc[fresh, dense])
+    # The uploader's spam record does not go stale: accurate in every row with history.
+    pd.testing.assert_series_equal(drifted["dense_spam_rate"], control["dense_spam_rate"])
     # Current stale rows: the clicks of the category the listing used to be.
     now = ~fresh
     assert now.sum() > 0
@@ -426,6 +457,11 @@ def test_demo_history_goes_stale_after_the_teachers_rows_and_only_in_two_categor
     assert (control.loc[now, clicks].to_numpy().argmax(1) == [CATEGORIES.index(c) for c in true_category[now]]).all()
     assert hidden["video_id"].tolist() == drifted["video_id"][~labelled].tolist()
     assert drifted.loc[~labelled, ["is_spam", "category", "tags"]].isna().all().all()
+    # The teacher's history table: the control's rows, reading the current dataset's clips one folder up.
+    history = pd.read_parquet(tmp_path / "d" / "history" / "data.parquet")
+    assert (history["video_path"] == "../" + drifted["video_path"]).all()
+    pd.testing.assert_frame_equal(history.drop(columns="video_path"), control.drop(columns="video_path"))
+    assert yaml.safe_load((tmp_path / "d" / "history" / "dataset.yaml").read_text())["allow_outside"] is True
 
 
 def test_cache_key_index_finds_every_key_and_the_latest_shard_wins(tmp_path, monkeypatch):

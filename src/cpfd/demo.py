@@ -9,13 +9,22 @@ the train rows carry no label (privileged features only), as in production.
 Three business scenarios make the teacher unreliable where confidence weighting can help (``method.md``, "When
 can confidence weighting beat uniform PFD?"): ``mature`` videos have accurate history, ``new_upload`` videos
 (20 %) have none (all privileged values missing), and ``stale`` videos — 80 % of the ``gaming`` and ``travel``
-ones — carry the history of what the listing used to be: clicks of ``sports`` / ``cooking`` viewers and the
-uploader's old spam record. The labelled train rows were logged when that history was still fresh, so the
-teacher learns to trust it and is confidently wrong on the stale rows of current data (validation, test and the
-unlabelled rows), concentrated in two categories the student can partly see. ``drift=False`` writes the
-in-distribution control: the same scenarios with accurate history everywhere. The labels of the unlabelled rows
-go to ``hidden_labels.parquet`` beside the table, for the oracle-gate control of benchmarks
+ones — carry the click history of what the listing used to be (``sports`` / ``cooking`` viewers). The labelled
+train rows were logged when that history was still fresh, so the teacher learns to trust it and is often wrong
+about the category (and the ``outdoor`` tag it implies) on the stale rows of current data (validation, test and
+the unlabelled rows), concentrated in two categories the student can mostly see (the shape shows the category
+three times in four). A teacher early-stopped on today's validation rows hedges between the frames and the stale
+clicks; one trained and selected on the history table (``history=True``: the same rows as logged then, what
+``cpfd demo`` fits its teacher on) follows the clicks. The uploader's spam record stays accurate everywhere: that is where the teacher
+is clearly better than any student, and a stale signal there would be one the student cannot locate (see
+``bench/RESULTS.md``, "The demo's scenarios", for the earlier design that also inverted it). ``drift=False``
+writes the in-distribution control: the same scenarios with accurate history everywhere. The labels of the
+unlabelled rows go to ``hidden_labels.parquet`` beside the table, for the oracle-gate control of benchmarks
 (``cpfd compare --oracle-labels``); the dataset never reads it.
+
+The labelled rows are split ``shares`` = (train, validation, test); the demo keeps few train labels (the
+unlabelled rows carry the teacher's knowledge) and large validation and test splits, which cost extraction
+only, so that per-scenario estimates have rows to work with and differences can clear the noise.
 """
 
 from __future__ import annotations
@@ -35,6 +44,8 @@ FILLER = ["my", "best", "new", "video", "today", "watch", "this", "look", "day",
 NEW_UPLOAD_SHARE = 0.2  # labelled rows without history (unlabelled rows always have some: they exist for the teacher)
 STALE_DONOR = {"gaming": "sports", "travel": "cooking"}  # stale history: clicks of the category the listing used to be
 STALE_SHARE = 0.8  # of the donor-affected categories' videos
+SHOWN_SHARE = 0.75  # clips whose shape shows their category (the rest: a random shape)
+DEMO_SHARES = (0.3, 0.35, 0.35)  # labelled rows: train, validation, test
 
 
 def _draw(shape: str, frame: np.ndarray, centre: tuple[int, int], radius: int, colour: tuple[int, int, int]) -> None:
@@ -74,17 +85,24 @@ def write_clip(path: Path, shape: str, background: tuple[int, int, int], colour:
 
 
 def generate(folder: str | Path, n_labelled: int = 300, n_unlabelled: int = 300, seed: int = 0,
-             noise: float = 0.1, drift: bool = True) -> Path:
+             noise: float = 0.1, drift: bool = True, shares: tuple[float, float, float] = (0.6, 0.2, 0.2),
+             history: bool = False) -> Path:
     """Write ``folder/dataset.yaml``, ``folder/data.parquet``, ``folder/clips/*.mp4`` and
-    ``folder/hidden_labels.parquet``; returns the folder. ``drift=False``: the in-distribution control."""
+    ``folder/hidden_labels.parquet``; returns the folder. ``drift=False``: the in-distribution control;
+    ``shares``: the (train, validation, test) fractions of the labelled rows; ``history``: also write
+    ``folder/history/``, the same rows with the history as it was when the teacher was trained (fresh everywhere,
+    validation included: the ``drift=False`` table), to fit the teacher on."""
+    if len(shares) != 3 or min(shares) <= 0 or abs(sum(shares) - 1) > 1e-9:
+        raise ValueError(f"shares must be three positive fractions summing to 1, got {shares}")
     folder = Path(folder)
     (folder / "clips").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     n = n_labelled + n_unlabelled
     split = np.array(["train"] * n, dtype=object)
     order = rng.permutation(n_labelled)
-    split[order[int(0.6 * n_labelled): int(0.8 * n_labelled)]] = "val"
-    split[order[int(0.8 * n_labelled):]] = "test"
+    val_start, test_start = round(shares[0] * n_labelled), round((shares[0] + shares[1]) * n_labelled)
+    split[order[val_start:test_start]] = "val"
+    split[order[test_start:]] = "test"
     category = rng.integers(0, 4, n)
     # Unlabelled rows are only useful (and only allowed) with privileged features: no new uploads among them.
     new_upload = (rng.random(n) < NEW_UPLOAD_SHARE) & (np.arange(n) < n_labelled)
@@ -98,11 +116,11 @@ def generate(folder: str | Path, n_labelled: int = 300, n_unlabelled: int = 300,
     music = rng.random(n) < 0.35
     kids = rng.random(n) < 0.3
     outdoor = np.isin(category, [0, 3]) & (rng.random(n) < 0.8)
-    records = []
+    records, fresh_clicks = [], []
     for i in range(n):
-        # Frames: the shape shows the category 60 % of the time; green background = outdoor; yellow shape =
+        # Frames: the shape shows the category SHOWN_SHARE of the time; green background = outdoor; yellow shape =
         # kids (weakly); a "SALE" overlay on a third of the spam clips.
-        shown = category[i] if rng.random() < 0.6 else rng.integers(0, 4)
+        shown = category[i] if rng.random() < SHOWN_SHARE else rng.integers(0, 4)
         background = (40, 140, 60) if outdoor[i] else tuple(int(c) for c in rng.integers(30, 110, 3))
         colour = (240, 220, 40) if kids[i] and rng.random() < 0.5 else tuple(int(c) for c in rng.integers(120, 255, 3))
         overlay = "SALE" if spam[i] and rng.random() < 0.35 else ("" if rng.random() < 0.7 else "hi")
@@ -118,18 +136,19 @@ def generate(folder: str | Path, n_labelled: int = 300, n_unlabelled: int = 300,
         if spam[i] and rng.random() < 0.25:
             words.append("free")
         rng.shuffle(words)
-        # Privileged history: missing for new uploads; a stale one is the listing's former category's clicks and
-        # the uploader's old record (a spammer then is clean now, and the other way round).
-        clicks = rng.dirichlet(np.ones(4) * 0.5) * 0.3
+        # Privileged history: missing for new uploads; a stale one has the clicks of the listing's former category.
+        spread = rng.dirichlet(np.ones(4) * 0.5) * 0.3
+        clicks, fresh = spread.copy(), spread.copy()
         clicks[donor_of[category[i]] if stale_now[i] else category[i]] += 0.7
-        spam_rate = max(0.7 - spam_propensity[i], 0.0) if stale_now[i] else spam_propensity[i]
-        dense = {"dense_spam_rate": spam_rate, "dense_music_score": 0.7 * music[i] + 0.3 * rng.random(),
+        fresh[category[i]] += 0.7
+        dense = {"dense_spam_rate": spam_propensity[i], "dense_music_score": 0.7 * music[i] + 0.3 * rng.random(),
                  "dense_young_share": 0.6 * kids[i] + 0.4 * rng.random(),
                  **{f"dense_clicks_{c}": clicks[k] for k, c in enumerate(CATEGORIES)}}
         if group[i] == "new_upload":
             dense = {k: np.nan for k in dense}
         records.append({"video_id": f"clip{i:04d}", "video_path": f"clips/{clip.name}", "title": " ".join(words),
                         "scenario": group[i], **dense})
+        fresh_clicks.append(fresh if group[i] != "new_upload" else np.full(4, np.nan))
     df = pd.DataFrame(records)
 
     def noisy(values: np.ndarray, flip) -> np.ndarray:
@@ -158,6 +177,14 @@ def generate(folder: str | Path, n_labelled: int = 300, n_unlabelled: int = 300,
                   {"name": "tags", "type": "multilabel", "column": "tags", "classes": TAGS}],
     }
     (folder / "dataset.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    if history:
+        # The same clips, labels and splits as they were logged when the teacher was trained: fresh clicks.
+        (folder / "history").mkdir(exist_ok=True)
+        df[[f"dense_clicks_{c}" for c in CATEGORIES]] = np.array(fresh_clicks)
+        df["video_path"] = "../" + df["video_path"]
+        df.to_parquet(folder / "history" / "data.parquet", index=False)
+        spec = {**spec, "name": "cpfd-demo-videos-history", "allow_outside": True}  # its clips are one folder up
+        (folder / "history" / "dataset.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     return folder
 
 

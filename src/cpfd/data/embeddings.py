@@ -65,7 +65,8 @@ def frames_key(row: MediaRow, encoder_fp: str, sampling: FrameSampling) -> str:
         stamp = _media_stamp(row.path)
     except OSError:
         stamp = "missing"
-    blob = json.dumps([row.id, str(row.path), stamp, encoder_fp, sampling.model_dump()])
+    # The resolved path: one clip reached from two tables (``clips/x.mp4``, ``../clips/x.mp4``) is encoded once.
+    blob = json.dumps([row.id, str(row.path.resolve()), stamp, encoder_fp, sampling.model_dump()])
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 

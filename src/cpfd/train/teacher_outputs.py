@@ -7,6 +7,7 @@ the full teacher scores val, test and unlabelled rows.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from cpfd.evaluate.evaluation import evaluate_logits
 from cpfd.models.build import load_teacher
 from cpfd.runs import RunFolder
 from cpfd.train.loop import predict
-from cpfd.train.teacher_kinds import gbdt_outputs, read_outputs
+from cpfd.train.teacher_kinds import gbdt_outputs, outputs_frame, read_outputs
 
 Log = Callable[[str], None]
 
@@ -131,6 +132,17 @@ def raw_outputs(run: RunFolder, data: PreparedData, embedding: bool = False
         return logits, embedding
     fold_teachers = [(load_teacher(run, data, run.fold(k).best), rows) for k, rows in enumerate(folds)]
     return neural_outputs(load_teacher(run, data), data, fold_teachers, embedding)
+
+
+def export_outputs(run: RunFolder, data: PreparedData, path: Path) -> Path:
+    """Write a teacher run's uncalibrated logits on ``data`` as a ``teacher.kind: file`` table (id column +
+    ``logits_<task>``): a teacher fitted on one table (last quarter's history) applied to another (today's rows)."""
+    logits, _ = raw_outputs(RunFolder(run), data)
+    frame = outputs_frame(list(data.ids), {task: z.numpy().reshape(len(z), -1) for task, z in logits.items()},
+                          data.id_column)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(path, index=False)
+    return Path(path)
 
 
 def fold_logits(run: RunFolder, data: PreparedData) -> list[dict[str, torch.Tensor]]:
