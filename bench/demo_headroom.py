@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of the output folder bench/out/demo_headroom<tag>")
     args = parser.parse_args()
     base = OUT / f"demo_headroom{args.tag}"
-    sets = DEMO_SETTINGS + args.sets
+    sets = [*DEMO_SETTINGS, "train.min_steps=300", *args.sets]  # the minimum the recorded runs used
     datasets = {}
     for name, drift in (("drifted", True), ("control", False)):
         data = base / name / "data"
