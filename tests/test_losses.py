@@ -295,7 +295,8 @@ def test_temperature_is_kept_only_when_it_helps_on_held_out_rows():
     # A teacher over-confident by T = 5 on 28 calibration rows (below the 30-row floor): no temperature is kept,
     # although its held-out NLL says it helps (0.581 vs 0.739); on 30 rows it is.
     few = choose_temperature(5 * z[:28], y[:28], "multiclass", folds[:28])
-    assert few["heldout_nll_after"] == pytest.approx(0.581, abs=1e-3) and few["heldout_nll_before"] == pytest.approx(0.739, abs=1e-3)
+    assert few["heldout_nll_after"] == pytest.approx(0.581, abs=1e-3)
+    assert few["heldout_nll_before"] == pytest.approx(0.739, abs=1e-3)
     assert not few["kept"] and few["temperature"] == 1.0
     assert choose_temperature(5 * z[:30], y[:30], "multiclass", folds[:30])["kept"]
 

@@ -15,12 +15,12 @@ about the category (and the ``outdoor`` tag it implies) on the stale rows of cur
 the unlabelled rows), concentrated in two categories the student can mostly see (the shape shows the category
 three times in four). A teacher early-stopped on today's validation rows hedges between the frames and the stale
 clicks; one trained and selected on the history table (``history=True``: the same rows as logged then, what
-``cpfd demo`` fits its teacher on) follows the clicks. The uploader's spam record stays accurate everywhere: that is where the teacher
-is clearly better than any student, and a stale signal there would be one the student cannot locate (see
-``bench/RESULTS.md``, "The demo's scenarios", for the earlier design that also inverted it). ``drift=False``
-writes the in-distribution control: the same scenarios with accurate history everywhere. The labels of the
-unlabelled rows go to ``hidden_labels.parquet`` beside the table, for the oracle-gate control of benchmarks
-(``cpfd compare --oracle-labels``); the dataset never reads it.
+``cpfd demo`` fits its teacher on) follows the clicks. The uploader's spam record stays accurate everywhere:
+that is where the teacher is clearly better than any student, and a stale signal there would be one the student
+cannot locate (see ``bench/RESULTS.md``, "The demo's scenarios", for the earlier design that also inverted it).
+``drift=False`` writes the in-distribution control: the same scenarios with accurate history everywhere. The
+labels of the unlabelled rows go to ``hidden_labels.parquet`` beside the table, for the oracle-gate control of
+benchmarks (``cpfd compare --oracle-labels``); the dataset never reads it.
 
 The labelled rows are split ``shares`` = (train, validation, test); the demo keeps few train labels (the
 unlabelled rows carry the teacher's knowledge) and large validation and test splits, which cost extraction

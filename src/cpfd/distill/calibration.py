@@ -46,7 +46,8 @@ def temperature_nll(logits: Tensor, labels: Tensor, task_type: str | TaskType, t
         return float(as_task_type(task_type).hard_loss(logits.double() / temperature, labels).mean())
 
 
-MIN_CALIBRATION_ROWS = 30  # a few dozen rows give noise (T from 0.04 to 3 over seeds on breast cancer's 28-30-row slices)
+# A few dozen rows give noise: T from 0.04 to 3 over seeds on breast cancer's 28-30-row slices.
+MIN_CALIBRATION_ROWS = 30
 
 
 def choose_temperature(logits: Tensor, labels: Tensor, task_type: str | TaskType, folds: np.ndarray,
