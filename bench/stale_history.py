@@ -130,19 +130,13 @@ def history_teacher(history: Path, current: dict[str, Path], out: Path, sets: li
     """Fit the teacher on history once; write its logits on each current dataset (teacher.kind=file input)."""
     from cpfd.data.prepared import load_dataset
     from cpfd.runs import RunFolder
-    from cpfd.train.teacher_outputs import raw_outputs
+    from cpfd.train.teacher_outputs import export_outputs
 
     run = out / "history_teacher"
     if not (run / "metrics.json").exists():
         run_cpfd(["fit-teacher", str(history), "--out", str(run), "--force"], sets)
-    files = {}
-    for name, folder in current.items():
-        data = load_dataset(folder)
-        logits, _ = raw_outputs(RunFolder(run), data)
-        files[name] = folder.parent / f"teacher_logits_{name}.parquet"
-        pd.DataFrame({"id": data.ids, "logits_label": list(logits["label"].numpy().astype(np.float64))}
-                     ).to_parquet(files[name], index=False)
-    return files
+    return {name: export_outputs(RunFolder(run), load_dataset(folder), folder.parent / f"teacher_logits_{name}.parquet")
+            for name, folder in current.items()}
 
 
 def main() -> None:
