@@ -231,6 +231,24 @@ def test_temperature_scaling_recovers_known_temperature():
     assert abs(fit_temperature(z, y, "multiclass") - 1.0) < 0.05
 
 
+def test_no_temperature_is_fitted_where_the_teacher_gets_every_row_right():
+    # Every row on the right side: the NLL falls toward 0 as T -> 0 and has no minimum; nothing is fitted.
+    z = torch.tensor([2.0, -1.0, 0.5, -3.0])
+    assert fit_temperature(z, torch.tensor([1.0, 0.0, 1.0, 0.0]), "binary") == 1.0
+    assert fit_temperature(torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1]), "multiclass") == 1.0
+    from cpfd.distill.calibration import choose_temperature
+
+    right = torch.linspace(0.5, 4, 40)  # 40 rows, all positive and labelled 1: nothing is fitted, nor kept
+    choice = choose_temperature(right, torch.ones(40), "binary", np.arange(40) % 2)
+    assert choice["fitted"] == 1.0 and not choice["kept"] and choice["temperature"] == 1.0
+    # One row wrong (z = 0.5, y = 0): the minimum exists. At T: NLL = mean of softplus(-z/T) over the right rows and
+    # softplus(.5/T) for the wrong one; its minimiser (found by a grid here) is what L-BFGS returns.
+    y = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    grid = torch.linspace(0.2, 5, 4801, dtype=torch.float64)
+    nll = torch.stack([torch.nn.functional.binary_cross_entropy_with_logits(z.double() / t, y.double()) for t in grid])
+    assert fit_temperature(z, y, "binary") == pytest.approx(float(grid[nll.argmin()]), abs=2e-3)
+
+
 def test_scenario_temperatures_are_fitted_per_scenario_with_a_global_fallback():
     gen = torch.Generator().manual_seed(0)
     z = torch.randn(6000, 4, generator=gen) * 1.5
