@@ -80,6 +80,42 @@ def test_scenario_reliability_falls_back_to_one_global_weight_for_small_scenario
     assert torch.allclose(_binary_scenario_case(min_group_rows=3), torch.ones(6), atol=1e-6)
 
 
+def _agreement_case(min_group_rows: int = 2):
+    # Every label is 1, so the gain is log(q / r). Validation rows, by cell (teacher / reference agree or not):
+    #   a-agree (.6/.6, .9/.6): gains 0, ln 1.5   a-disagree (.3/.6, .15/.6): ln .5, ln .25
+    #   b-agree (.6/.6, .9/.6): gains 0, ln 1.5   b-disagree (.8/.4, .6/.4): ln 2, ln 1.5
+    # then three train rows: a-agree, a-disagree, b-disagree; and one test row.
+    teacher = torch.tensor([0.6, 0.9, 0.3, 0.15, 0.6, 0.9, 0.8, 0.6, 0.7, 0.3, 0.7, 0.2])
+    reference = torch.tensor([0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.4, 0.4, 0.6, 0.6, 0.4, 0.6])
+    context = TaskContext(split=np.array(["val"] * 8 + ["train"] * 3 + ["test"]), groups=np.array(list("aaaabbbbaaba")),
+                          reference_probs=reference, min_group_rows=min_group_rows)
+    return CONFIDENCES.get("agreement_reliability")(teacher, torch.ones(12), torch.ones(12, dtype=torch.bool),
+                                                    "binary", context=context)
+
+
+def test_agreement_reliability_values():
+    # M_a = (ln 1.5 - 3 ln 2)/4 = -.418494, M_b = (2 ln 1.5 + ln 2)/4 = .376019; cell means a: .202733 / -1.039721,
+    # b: .202733 / .549306. Pooled within-cell s2 = .446009 / (8 - 4) = .111502; between-cell SS inside scenarios
+    # 1.663804, tau2 = (1.663804 - 2 s2) / (8 - 8/4 - 8/4) = .360200; B = tau2 / (tau2 + s2/2) = .865967.
+    # a-disagree: -.418494 - B * .621227 = -.956456 -> c = exp(-.956456) = .384252; every other cell's gain > 0 -> 1.
+    # Train rows (a-agree, a-disagree, b-disagree) = (1, .384252, 1), mean .794751 -> 1.258256, .483488.
+    c = _agreement_case()
+    assert torch.allclose(c[8:11], torch.tensor([1.258256, 0.483488, 1.258256]), atol=1e-5)
+    assert torch.allclose(c[:4], torch.tensor([1.258256, 1.258256, 0.483488, 0.483488]), atol=1e-5)
+    assert c[11].item() == pytest.approx(0.483488, abs=1e-5)  # a-disagree, whatever its split
+
+
+def test_agreement_reliability_is_pfd_without_scenarios_and_shrinks_small_scenarios_to_the_global_gain():
+    fn = CONFIDENCES.get("agreement_reliability")
+    bare = TaskContext(split=np.array(["train", "val"]), reference_probs=torch.tensor([0.6, 0.6]))
+    assert fn(torch.tensor([0.1, 0.1]), torch.ones(2), torch.ones(2, dtype=torch.bool), "binary",
+              context=bare).tolist() == [1.0, 1.0]
+    # Scenarios of 4 validation rows < 5: both use the global mean gain, (-.418494 + .376019)/2 = -.021238, as M_g,
+    # and the cells still move away from it by the same B (the between-cell spread is measured inside scenarios).
+    c = _agreement_case(min_group_rows=5)
+    assert c[0] == c[1] and c[2] == c[3] and c[2] < c[0]
+
+
 def test_reference_agreement_values():
     fn = CONFIDENCES.get("reference_agreement")
     context = TaskContext(split=np.array(["train"]), reference_probs=torch.tensor([0.6]))

@@ -30,7 +30,7 @@ from cpfd.registry import CONFIDENCES
 from cpfd.task_types import task_type as as_task_type
 
 __all__ = ["CONFIDENCES", "max_prob", "true_class", "entropy", "margin", "scenario_reliability",
-           "reference_agreement", "oracle_gate", "fold_variance"]
+           "agreement_reliability", "reference_agreement", "oracle_gate", "fold_variance"]
 _EPS = 1e-12
 
 
@@ -130,6 +130,87 @@ def scenario_reliability(probs: Tensor, labels: Tensor, label_mask: Tensor, task
 scenario_reliability.needs = ("reference",)
 scenario_reliability.reference_needs_groups = True  # without scenarios it is PFD and reads no reference
 scenario_reliability.mean_one_over_train = True  # a relative weight, not a probability
+
+
+def _shrunk_cell_gains(gain: np.ndarray, scenario: np.ndarray, cell: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    r"""Empirical-Bayes cell means (Morris, JASA 1983): :math:`\hat g_c = M_g + B_c (m_c - M_g)`.
+
+    ``gain``, ``scenario``, ``cell``: the labelled validation rows; ``prior``: :math:`M_g` per row (the scenario's
+    estimate). :math:`B_c = \tau^2 / (\tau^2 + s^2 / n_c)` with :math:`s^2` the pooled within-cell variance and
+    :math:`\tau^2 = \max\bigl(0, (\sum_c n_c (m_c - \bar m_g)^2 - (K - G) s^2) / (N - \sum_g \sum_{c \in g}
+    n_c^2 / N_g)\bigr)` the between-cell variance inside scenarios (the nested one-way ANOVA estimator). Returns
+    :math:`\hat g_c` per row.
+    """
+    cells = np.unique(cell)
+    index = np.searchsorted(cells, cell)
+    n = np.bincount(index).astype(float)
+    m = np.bincount(index, weights=gain) / n
+    scenario_of = np.array([scenario[index == k][0] for k in range(len(cells))])
+    groups = np.unique(scenario_of)
+    n_g = np.array([n[scenario_of == g].sum() for g in groups])
+    mean_g = np.array([gain[scenario == g].mean() for g in groups])[np.searchsorted(groups, scenario_of)]
+    big_n, k, g = n.sum(), len(cells), len(groups)
+    s2 = float(((gain - m[index]) ** 2).sum() / (big_n - k)) if big_n > k else 0.0
+    denominator = big_n - sum((n[scenario_of == h] ** 2).sum() / n_h for h, n_h in zip(groups, n_g))
+    between = float((n * (m - mean_g) ** 2).sum())
+    tau2 = max(0.0, (between - (k - g) * s2) / denominator) if denominator > 0 else 0.0
+    b = np.where(tau2 > 0, tau2 / (tau2 + s2 / n), 0.0) if s2 > 0 else np.ones_like(n) * (tau2 > 0)
+    return prior + b[index] * (m[index] - prior)
+
+
+@CONFIDENCES.register("agreement_reliability")
+def agreement_reliability(probs: Tensor, labels: Tensor, label_mask: Tensor, task_type,
+                          context: TaskContext) -> Tensor:
+    r""":func:`scenario_reliability` refined inside each scenario by whether the teacher and the no-privileged
+    reference agree: cells :math:`(g, a)` with :math:`a_i = \mathbb{1}[\arg\max p^t_i = \arg\max p^{ref}_i]`
+    (binary and per label: the same side of 1/2), label-free on every row.
+
+    With :math:`x_i = \log p^t_{i,y_i} - \log p^{ref}_{i,y_i}` on the labelled validation rows, :math:`M_g` the
+    scenario's mean gain (the global one for scenarios under ``context.min_group_rows`` rows, as in
+    :func:`scenario_reliability`) and :math:`m_c` the mean over :math:`n_c` rows of cell c, the cell's gain is shrunk
+    toward its scenario by empirical Bayes, :math:`\hat g_c = M_g + B_c (m_c - M_g)`,
+    :math:`B_c = \tau^2/(\tau^2 + s^2/n_c)` (:func:`_shrunk_cell_gains`), and
+    :math:`c_i = \min(1, \exp \hat g_{c(i)})`, divided by its mean over train rows (:math:`\lambda_c = \lambda
+    c_c / \bar c`). Where stale privileged features make the teacher disagree with what the online inputs support,
+    the disagreeing rows of that scenario lose weight and the agreeing ones keep it. For a calibrated
+    in-distribution teacher every cell's expected gain is a KL divergence, :math:`\ge 0`, so every weight is 1 (PFD)
+    in expectation; without a ``group`` column it is PFD, as :func:`scenario_reliability`. References: Lukasik et
+    al., *Teacher's pet*, TMLR 2022 (per-group distillation weights); Ortiz-Jimenez et al., ICML 2023 (agreement
+    with a no-privileged model); Morris, *Parametric empirical Bayes inference*, JASA 1983 (the shrinkage).
+    """
+    kind = as_task_type(task_type)
+    if context.groups is None:
+        return torch.ones(kind.true_class_prob(probs, labels).shape)
+    if context.reference_probs is None:
+        raise ValueError("agreement_reliability needs a no-privileged reference model (context.reference_probs)")
+    gain = _columns((kind.true_class_prob(probs, labels).clamp_min(_EPS).log()
+                     - kind.true_class_prob(context.reference_probs, labels).clamp_min(_EPS).log()).double()).numpy()
+    agree = _columns(kind.two_class(probs).argmax(-1) == kind.two_class(context.reference_probs).argmax(-1)).numpy()
+    groups = np.asarray(context.groups).astype(str)
+    val = np.asarray(context.split == "val") & label_mask.numpy().astype(bool)
+    val = np.broadcast_to(val.reshape(val.shape[0], -1), gain.shape)
+    c = np.ones(gain.shape)
+    for j in range(gain.shape[1]):
+        rows = val[:, j]
+        if not rows.any():
+            continue
+        scenario_gain = np.full(len(groups), gain[rows, j].mean())
+        for g in np.unique(groups):
+            in_g = rows & (groups == g)
+            if in_g.sum() >= context.min_group_rows:
+                scenario_gain[groups == g] = gain[in_g, j].mean()
+        cell = np.char.add(groups, np.where(agree[:, j], "\x00agree", "\x00disagree"))
+        shrunk = _shrunk_cell_gains(gain[rows, j], groups[rows], cell[rows], scenario_gain[rows])
+        cell_gain = dict(zip(cell[rows], shrunk))
+        c[:, j] = np.exp(np.minimum(0.0, [cell_gain.get(x, s) for x, s in zip(cell, scenario_gain)]))
+    train = np.asarray(context.split == "train")
+    c = torch.from_numpy(c / np.maximum(c[train].mean(0), _EPS))
+    return c.float() if kind.per_label else c.float().squeeze(-1)
+
+
+agreement_reliability.needs = ("reference",)
+agreement_reliability.reference_needs_groups = True
+agreement_reliability.mean_one_over_train = True
 
 
 @CONFIDENCES.register("reference_agreement")
