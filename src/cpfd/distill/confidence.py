@@ -84,6 +84,12 @@ def _columns(x: Tensor) -> Tensor:
     return x.reshape(x.shape[0], -1)
 
 
+def _log_gain(kind, probs: Tensor, reference_probs: Tensor, labels: Tensor) -> Tensor:
+    """Per row (and label) :math:`\log p^t_{i,y_i} - \log p^{ref}_{i,y_i}`, float64, shaped (n, 1) or (n, L)."""
+    return _columns((kind.true_class_prob(probs, labels).clamp_min(_EPS).log()
+                     - kind.true_class_prob(reference_probs, labels).clamp_min(_EPS).log()).double())
+
+
 @CONFIDENCES.register("scenario_reliability")
 def scenario_reliability(probs: Tensor, labels: Tensor, label_mask: Tensor, task_type, context: TaskContext) -> Tensor:
     r"""Per-scenario reliability of the teacher relative to a no-privileged reference, one weight per scenario.
@@ -105,8 +111,7 @@ def scenario_reliability(probs: Tensor, labels: Tensor, label_mask: Tensor, task
         return torch.ones(kind.true_class_prob(probs, labels).shape)
     if context.reference_probs is None:
         raise ValueError("scenario_reliability needs a no-privileged reference model (context.reference_probs)")
-    gain = _columns((kind.true_class_prob(probs, labels).clamp_min(_EPS).log()
-                     - kind.true_class_prob(context.reference_probs, labels).clamp_min(_EPS).log()).double())
+    gain = _log_gain(kind, probs, context.reference_probs, labels)
     val = torch.from_numpy(np.asarray(context.split == "val")) & label_mask.bool()
     val = val.unsqueeze(-1).expand_as(gain)
 
@@ -183,8 +188,7 @@ def agreement_reliability(probs: Tensor, labels: Tensor, label_mask: Tensor, tas
         return torch.ones(kind.true_class_prob(probs, labels).shape)
     if context.reference_probs is None:
         raise ValueError("agreement_reliability needs a no-privileged reference model (context.reference_probs)")
-    gain = _columns((kind.true_class_prob(probs, labels).clamp_min(_EPS).log()
-                     - kind.true_class_prob(context.reference_probs, labels).clamp_min(_EPS).log()).double()).numpy()
+    gain = _log_gain(kind, probs, context.reference_probs, labels).numpy()
     agree = _columns(kind.two_class(probs).argmax(-1) == kind.two_class(context.reference_probs).argmax(-1)).numpy()
     groups = np.asarray(context.groups).astype(str)
     val = np.asarray(context.split == "val") & label_mask.numpy().astype(bool)
