@@ -85,7 +85,7 @@ def _columns(x: Tensor) -> Tensor:
 
 
 def _log_gain(kind, probs: Tensor, reference_probs: Tensor, labels: Tensor) -> Tensor:
-    """Per row (and label) :math:`\log p^t_{i,y_i} - \log p^{ref}_{i,y_i}`, float64, shaped (n, 1) or (n, L)."""
+    r"""Per row (and label) :math:`\log p^t_{i,y_i} - \log p^{ref}_{i,y_i}`, float64, shaped (n, 1) or (n, L)."""
     return _columns((kind.true_class_prob(probs, labels).clamp_min(_EPS).log()
                      - kind.true_class_prob(reference_probs, labels).clamp_min(_EPS).log()).double())
 
