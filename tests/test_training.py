@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from cpfd.config import load_config
 from cpfd.data import load_dataset
+from cpfd.distill.calibration import MIN_CALIBRATION_ROWS
 from cpfd.train.loop import make_fabric
 from conftest import make_dataset
 from cpfd.runs import TEACHER_OUTPUTS as CACHE_NAME
@@ -93,7 +94,10 @@ def test_run_folder_contents(fitted):
     assert set(teacher["calibration"]["spam"]) >= {"temperature", "test_ece_before", "test_ece_after", "kept",
                                                    "heldout_nll_before", "heldout_nll_after"}
     c = teacher["calibration"]["spam"]
-    assert c["kept"] == (c["heldout_nll_after"] < c["heldout_nll_before"]) and (c["kept"] or c["temperature"] == 1.0)
+    # Kept only with enough rows, something fitted (not all rows right) and a lower held-out NLL (choose_temperature).
+    helps = c["heldout_nll_after"] < c["heldout_nll_before"]
+    assert c["kept"] == (c["rows"] >= MIN_CALIBRATION_ROWS and c["fitted"] != 1.0 and helps)
+    assert c["kept"] or c["temperature"] == 1.0
 
 
 def test_unlabelled_rows_are_distilled_but_not_in_the_baseline(fitted):
