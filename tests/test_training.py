@@ -252,6 +252,49 @@ def test_lightgbm_teacher_gives_cached_outputs_a_student_distils_from(fitted, tm
     assert not torch.allclose(oof.logits["spam"][train], targets.logits["spam"][train])
 
 
+def test_logreg_teacher_is_the_privileged_reference(fitted, tmp_path):
+    """With the whole validation split to choose C on (calibration_share 0), the logreg teacher's logits are the
+    logreg_privileged reference's, on every task kind (binary, multiclass, multilabel)."""
+    from cpfd.evaluate.references import privileged_fill, privileged_matrix, reference_logits, student_matrix
+
+    _, data, cfg, fabric = fitted
+    linear = cfg.model_copy(deep=True)
+    linear.teacher = linear.teacher.model_copy(update={"kind": "logreg", "calibration_share": 0.0})
+    fit_teacher(data, linear, tmp_path / "logreg", fabric)
+    targets = teacher_targets(tmp_path / "logreg", data)
+    x = np.concatenate([student_matrix(data), privileged_matrix(data, privileged_fill(data, data.indices("train")))],
+                       axis=1)
+    expected = reference_logits(data, x)
+    for task in data.tasks:
+        assert torch.allclose(targets.logits[task.name], expected[task.name], atol=1e-4), task.name
+
+
+def test_auto_teacher_keeps_the_kind_with_the_lower_calibration_log_loss(fitted, tmp_path):
+    from cpfd.distill.calibration import temperature_nll
+    from cpfd.runs import RunFolder
+    from cpfd.train.teacher_kinds import logreg_outputs
+
+    _, data, cfg, fabric = fitted
+    auto = cfg.model_copy(deep=True)
+    auto.teacher.kind = "auto"
+    metrics = fit_teacher(data, auto, tmp_path / "auto", fabric)
+    run = RunFolder(tmp_path / "auto")
+    choice = json.loads(run.teacher_choice_file.read_text())
+    calib = data.calibration_rows(auto.teacher.calibration_share)
+    assert choice["rows"] == calib.sum() and not (calib & (data.split != "val")).any()
+    linear = logreg_outputs(run.logreg_model, data)[0]
+    by_hand = 0.0
+    for task in data.tasks:
+        rows = np.flatnonzero(calib & data.label_mask[task.name].numpy())
+        by_hand += temperature_nll(linear[task.name][rows], data.labels[task.name][rows], task.kind, 1.0)
+    assert choice["calibration_nll"]["logreg"] == pytest.approx(by_hand)
+    nll = choice["calibration_nll"]
+    assert choice["kind"] == ("logreg" if nll["logreg"] < nll["neural"] else "neural") == metrics["chosen"]
+    chosen = linear if choice["kind"] == "logreg" else teacher_targets(tmp_path / "auto", data).logits
+    assert all(torch.equal(teacher_targets(tmp_path / "auto", data).logits[t], chosen[t]) for t in chosen)
+    assert run.teacher_checkpoints() == [run.teacher_model(choice["kind"])]
+
+
 def test_bring_your_own_teacher_outputs_are_validated_and_cached(fitted, tmp_path):
     from cpfd.data import DatasetError
     from cpfd.runs import RunFolder

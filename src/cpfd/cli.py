@@ -53,6 +53,8 @@ class FeatureKD(str, Enum):
 class TeacherKind(str, Enum):
     neural = "neural"
     lightgbm = "lightgbm"
+    logreg = "logreg"
+    auto = "auto"
     file = "file"
 
 
@@ -181,7 +183,8 @@ def fit_teacher_cmd(
     oof_folds: Annotated[Optional[int], typer.Option(help="K>=2: also train K fold teachers for cross-fitted outputs")] = None,
     no_privileged: Annotated[bool, typer.Option(help="train without privileged features (self-distillation control)")] = False,
     kind: Annotated[Optional[TeacherKind], typer.Option(
-        help="neural (DF-X-VLM style), lightgbm (trees on student vectors + privileged columns), or file")] = None,
+        help="neural (DF-X-VLM style), lightgbm or logreg (on student vectors + privileged columns), auto (the "
+        "better of neural and logreg on held-out validation log-loss), or file")] = None,
     outputs: Annotated[Optional[Path], typer.Option(
         help="--kind file: parquet of your teacher's per-row logits (id column + logits_<task> columns)")] = None,
     resume: ResumeOpt = False,

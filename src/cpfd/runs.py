@@ -5,7 +5,9 @@ A run folder (``cpfd fit-teacher`` / ``cpfd distill``)::
     config.yaml        the resolved RunConfig          run.json       role, dataset, tasks, arm, skipped rows
     metrics.json       test/val metrics at the end     history.json   per-epoch records
     eval.json          written by ``cpfd evaluate``    logs/          CSV + TensorBoard
-    checkpoints/       best.safetensors, last.safetensors, last_state.safetensors
+    checkpoints/       best.safetensors, last.safetensors, last_state.safetensors (neural teachers, students);
+                       lightgbm.json / logreg.json / teacher_outputs.parquet (other teacher kinds);
+                       teacher_choice.json (teacher.kind=auto: the kind kept and why)
     cache/             teacher_outputs.safetensors (teachers only)
     folds/             folds.json and one run folder per fold teacher (cross-fitting)
 
@@ -94,12 +96,29 @@ class RunFolder:
         return self.checkpoints / "lightgbm.json"
 
     @property
+    def logreg_model(self) -> Path:
+        return self.checkpoints / "logreg.json"
+
+    @property
     def imported_outputs(self) -> Path:
         return self.checkpoints / "teacher_outputs.parquet"
 
+    @property
+    def teacher_choice_file(self) -> Path:
+        return self.checkpoints / "teacher_choice.json"
+
     def teacher_model(self, kind: str) -> Path:
         """The file that is the teacher of ``kind`` (its hash keys the output cache)."""
-        return {"neural": self.best, "lightgbm": self.gbdt_model, "file": self.imported_outputs}[kind]
+        return {"neural": self.best, "lightgbm": self.gbdt_model, "logreg": self.logreg_model,
+                "file": self.imported_outputs}[kind]
+
+    @property
+    def teacher_kind(self) -> str:
+        """The kind of teacher this run holds: ``teacher.kind``, or for ``auto`` the kind it chose."""
+        kind = self.config.teacher.kind
+        if kind != "auto":
+            return kind
+        return _read_json(self.teacher_choice_file, "fit-teacher with teacher.kind=auto writes it")["kind"]
 
     @property
     def teacher_outputs(self) -> Path:
@@ -156,7 +175,7 @@ class RunFolder:
 
     def teacher_checkpoints(self) -> list[Path]:
         """The teacher's model file, then each fold teacher's (their hashes key the output cache)."""
-        kind = self.config.teacher.kind
+        kind = self.teacher_kind
         paths = [self.teacher_model(kind)] + [f.teacher_model(kind) for f in self.fold_runs()]
         missing = [p for p in paths if not p.exists()]
         if missing:

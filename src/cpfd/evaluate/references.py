@@ -2,7 +2,8 @@
 the student's + privileged inputs, scored exactly like the arms (validation-tuned thresholds, the same metrics).
 
 Video and text become pooled embeddings (the mean of the frame vectors, the masked mean of the text tokens);
-privileged missing values become the train mean plus a missing-indicator column. The regularisation strength is
+privileged missing values become the train mean plus a missing-indicator column (for columns missing on a train
+row). The regularisation strength is
 chosen per task on the validation split (log-loss), never on test. A teacher below its reference, or a baseline
 student below its own, is a model that has not learnt what a linear model gets from the same inputs.
 """
@@ -44,13 +45,23 @@ def student_matrix(data: PreparedData) -> np.ndarray | None:
     return np.concatenate(parts, axis=1).astype(np.float64)
 
 
-def privileged_matrix(data: PreparedData, train: np.ndarray) -> np.ndarray:
+def privileged_fill(data: PreparedData, train: np.ndarray) -> dict:
+    """How missing privileged values are filled: the train mean of each column (0 when a column is missing on every
+    train row), and the columns that get a missing-indicator (those missing on some train row)."""
+    values = data.privileged.numpy()[train].astype(np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # mean of an all-missing column
+        fill = np.nan_to_num(np.nanmean(values, axis=0)) if len(values) else np.zeros(values.shape[1])
+    return {"fill": fill.tolist(), "indicators": np.flatnonzero(np.isnan(values).any(axis=0)).tolist()}
+
+
+def privileged_matrix(data: PreparedData, fill: dict) -> np.ndarray:
+    """The privileged columns with missing values filled as ``fill`` (:func:`privileged_fill`) says, plus the
+    indicator columns."""
     values = data.privileged.numpy().astype(np.float64)
     missing = np.isnan(values)
-    means = np.nan_to_num(np.nanmean(np.where(missing[train], np.nan, values[train]), axis=0)) if len(train) else 0
-    filled = np.where(missing, means, values)
-    indicators = missing[:, missing.any(axis=0)].astype(np.float64)
-    return np.concatenate([filled, indicators], axis=1)
+    filled = np.where(missing, np.asarray(fill["fill"]), values)
+    return np.concatenate([filled, missing[:, fill["indicators"]].astype(np.float64)], axis=1)
 
 
 def best_binary(x: np.ndarray, y: np.ndarray, train: np.ndarray, val: np.ndarray) -> LogisticRegression | float:
@@ -125,7 +136,8 @@ def reference_metrics(data: PreparedData) -> dict[str, dict]:
     if student is None:
         return {}
     train = data.indices("train")
-    inputs = {"student": student, "privileged": np.concatenate([student, privileged_matrix(data, train)], axis=1)}
+    privileged = privileged_matrix(data, privileged_fill(data, train))
+    inputs = {"student": student, "privileged": np.concatenate([student, privileged], axis=1)}
     out = {}
     for name, (which, description) in REFERENCES.items():
         if which == "privileged" and not data.privileged_names:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 
 import numpy as np
 import torch
@@ -37,8 +38,14 @@ from cpfd.models.build import (
 from cpfd.models.synchronous import SynchronousPair
 from cpfd.runs import RunFolder
 from cpfd.train.loop import fit, predict, unwrap
-from cpfd.train.teacher_kinds import fit_gbdt, import_outputs
-from cpfd.train.teacher_outputs import fold_logits, teacher_report, teacher_targets, write_output_share
+from cpfd.train.teacher_kinds import fit_gbdt, fit_logreg, import_outputs
+from cpfd.train.teacher_outputs import (
+    choose_teacher_kind,
+    fold_logits,
+    teacher_report,
+    teacher_targets,
+    write_output_share,
+)
 
 Log = Callable[[str], None]
 
@@ -120,6 +127,22 @@ def fold_assignment(data: PreparedData, cfg: RunConfig) -> list[np.ndarray]:
     return [np.sort(part) for part in np.array_split(rows, cfg.teacher.oof_folds)]
 
 
+def _fit_one_teacher(kind: str, run: RunFolder, rows: np.ndarray, seed: int, desc: str, *, data: PreparedData,
+                     cfg: RunConfig, fabric: Fabric, select: np.ndarray | None, log: Log, resume: bool) -> dict:
+    """One teacher of ``kind`` on ``rows`` into ``run``; the training summary of a network, else {}."""
+    if kind in ("lightgbm", "logreg"):
+        if fabric.is_global_zero:
+            fitter = fit_gbdt if kind == "lightgbm" else fit_logreg
+            fitter(data, cfg, run.teacher_model(kind), rows, select)
+        return {}
+    fabric.seed_everything(seed, verbose=False)
+    teacher = build_teacher(data, cfg)
+    started = linear_start(teacher, data, cfg, rows, select, log)
+    task = DistillTask(teacher, _teacher_objective(cfg, data), model_takes_privileged=True)
+    return fit_summary(fit(fabric, task, data, rows, cfg.train, run, resume=resume, desc=desc, select_within=select,
+                           score_start=started))
+
+
 def fit_teacher(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, resume: bool = False,
                 log: Log = print, extra: dict | None = None, force: bool = False) -> dict:
     """Train the teacher (early stopping on validation loss), its fold teachers if ``oof_folds``, then cache its
@@ -137,30 +160,29 @@ def fit_teacher(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, res
     folds = fold_assignment(data, cfg) if cfg.teacher.oof_folds >= 2 and cfg.teacher.kind != "file" else []
     if fabric.is_global_zero and folds:
         atomic_write_json(run.folds_file, [data.ids[rows].tolist() for rows in folds])
-    summary: dict = {"kind": cfg.teacher.kind}
-    if cfg.teacher.kind == "file":
+    kind = cfg.teacher.kind
+    summary: dict = {"kind": kind}
+    if kind == "file":
         if fabric.is_global_zero:
             import_outputs(cfg.teacher.outputs_file, data, run.imported_outputs, data.id_column)
-    elif cfg.teacher.kind == "lightgbm":
-        if fabric.is_global_zero:
-            fit_gbdt(data, cfg, run.gbdt_model, labelled, select)
-            for k, held_out in enumerate(folds):
-                fit_gbdt(data, cfg, run.fold(k).gbdt_model, np.setdiff1d(labelled, held_out), select)
     else:
-        fabric.seed_everything(cfg.train.seed, verbose=False)
-        teacher = build_teacher(data, cfg)
-        started = linear_start(teacher, data, cfg, labelled, select, log)
-        task = DistillTask(teacher, _teacher_objective(cfg, data), model_takes_privileged=True)
-        summary |= fit_summary(fit(fabric, task, data, labelled, cfg.train, run, resume=resume, desc="teacher",
-                                   select_within=select, score_start=started))
+        fit_one = partial(_fit_one_teacher, data=data, cfg=cfg, fabric=fabric, select=select, log=log, resume=resume)
+        if kind == "auto":
+            summary |= fit_one("neural", run, labelled, cfg.train.seed, "teacher")
+            fit_one("logreg", run, labelled, cfg.train.seed, "teacher")
+            if fabric.is_global_zero:
+                choice = choose_teacher_kind(run, data, cfg.teacher.calibration_share)
+                atomic_write_json(run.teacher_choice_file, choice)
+                log(f"teacher.kind=auto kept {choice['kind']} (calibration-slice log-loss "
+                    + ", ".join(f"{k} {v:.4f}" for k, v in choice["calibration_nll"].items()) + ")")
+            fabric.barrier()
+            kind = run.teacher_kind
+            summary["chosen"] = kind
+        else:
+            summary |= fit_one(kind, run, labelled, cfg.train.seed, "teacher")
         for k, held_out in enumerate(folds):
-            fabric.seed_everything(cfg.train.seed + 1000 * (k + 1), verbose=False)
-            fold_teacher = build_teacher(data, cfg)
-            fold_rows = np.setdiff1d(labelled, held_out)
-            started = linear_start(fold_teacher, data, cfg, fold_rows, select, log)
-            fold_task = DistillTask(fold_teacher, _teacher_objective(cfg, data), model_takes_privileged=True)
-            fit(fabric, fold_task, data, fold_rows, cfg.train, run.fold(k), resume=resume,
-                desc=f"fold {k + 1}/{len(folds)}", select_within=select, score_start=started)
+            fit_one(kind, run.fold(k), np.setdiff1d(labelled, held_out), cfg.train.seed + 1000 * (k + 1),
+                    f"fold {k + 1}/{len(folds)}")
     if cfg.teacher.fit_reference and cfg.teacher.use_privileged and data.groups is not None:
         r_cfg = cfg.model_copy(deep=True)
         r_cfg.teacher = r_cfg.teacher.model_copy(update={"use_privileged": False, "kind": "neural", "oof_folds": 0,
@@ -170,7 +192,7 @@ def fit_teacher(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, res
         fit_teacher(data, r_cfg, run.reference.path, fabric, resume=resume, log=log,
                     extra={"teacher_kind": "reference"}, force=force)
     metrics = {}
-    if cfg.teacher.kind == "neural" and fabric.world_size > 1:
+    if kind == "neural" and fabric.world_size > 1:
         # Every rank scores its share of the rows; rank 0 assembles them into the cache.
         write_output_share(run, data, fabric.global_rank, fabric.world_size, log)
         fabric.barrier()
@@ -292,9 +314,9 @@ def distill(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, teacher
             log(f"teacher targets divided by per-scenario temperatures: {targets.calibration['scenario_temperature']}")
         teacher = CachedTeacher(targets)
         if cfg.distill.teacher_outputs == "online":
-            if teacher_run.config.teacher.kind != "neural":
+            if teacher_run.teacher_kind != "neural":
                 raise UsageError("distill.teacher_outputs=online needs a neural teacher; this one is "
-                                 f"{teacher_run.config.teacher.kind} (use the cached outputs)")
+                                 f"{teacher_run.teacher_kind} (use the cached outputs)")
             # Built before seeding, so the student's initialisation and dropout draws match the cached mode.
             frozen = load_teacher(teacher_run, data).to(fabric.device)
             teacher = OnlineTeacher(frozen, targets)

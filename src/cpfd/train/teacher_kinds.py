@@ -4,17 +4,24 @@
   embeddings, numeric features) plus the privileged columns, missing values left to LightGBM. One model per task
   (per label for multilabel), early-stopped on the teacher's validation selection rows. For users whose
   privileged features are tabular, this is often the strongest teacher there is.
+- ``logreg``: logistic regression on the same inputs (privileged missing values as the train mean plus a
+  missing-indicator column), standardised, C chosen from a grid on the selection rows' log-loss: the
+  ``logreg_privileged`` reference row as a teacher.
+- ``auto``: the neural teacher and the ``logreg`` one are both fitted; the one with the lower log-loss on the
+  calibration slice (validation rows neither was selected on) is kept, and its fold teachers are fitted. A network
+  that has not learnt what a linear model gets from the same inputs is never the teacher.
 - ``file``: bring your own teacher outputs: a parquet of per-row logits keyed by the dataset's id column, one
   column ``logits_<task>`` per task (a number for binary, a list of C or L numbers otherwise). It is validated
   against the dataset (ids, shapes, tasks, finite values) and then cached and calibrated like any teacher.
 
-Neither has a fused embedding for feature distillation; their "embedding" is the concatenated logits.
+None of them has a fused embedding for feature distillation; their "embedding" is the concatenated logits.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import lightgbm as lgb
@@ -22,12 +29,20 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import torch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.preprocessing import StandardScaler
 
 from cpfd.config import RunConfig
 from cpfd.data.contract import DatasetError, Problem
 from cpfd.data.prepared import PreparedData
 from cpfd.errors import UsageError
-from cpfd.evaluate.references import student_matrix
+from cpfd.evaluate.references import (
+    best_binary,
+    best_multiclass,
+    privileged_fill,
+    privileged_matrix,
+    student_matrix,
+)
 from cpfd.io import atomic_write_text
 
 GBDT_PARAMS = {"n_estimators": 2000, "learning_rate": 0.05, "num_leaves": 15, "min_child_samples": 10,
@@ -98,6 +113,73 @@ def gbdt_outputs(model_file: Path, data: PreparedData) -> tuple[dict[str, torch.
             z = np.full((len(x), task.n_outputs), MISSING_CLASS_LOGIT)
             z[:, boosters[task.name][0]["classes"]] = parts[0]
         logits[task.name] = torch.from_numpy(z.astype(np.float32))
+    return logits, torch.cat(list(logits.values()), dim=1)
+
+
+def _linear_inputs(data: PreparedData, saved: dict) -> np.ndarray:
+    """Student vectors + privileged columns filled as at fit time."""
+    x = student_matrix(data)
+    if x is None:
+        raise UsageError("teacher.kind=logreg/auto needs precomputed student vectors (not extract.end_to_end)")
+    return np.concatenate([x, privileged_matrix(data, saved)], axis=1) if saved["use_privileged"] else x
+
+
+def fit_logreg(data: PreparedData, cfg: RunConfig, model_file: Path, train_rows: np.ndarray,
+               select_within: np.ndarray | None) -> None:
+    """Fit the logistic-regression teacher on the labelled rows of ``train_rows`` (C from the reference's grid by
+    log-loss on the selection rows) and write its coefficients, scaler and fill values to ``model_file`` (JSON).
+    Missing privileged values are filled from every train row (label-free), as in the ``logreg_privileged``
+    reference, so with ``calibration_share = 0`` this teacher is that reference."""
+    saved: dict = {"use_privileged": cfg.teacher.use_privileged}
+    if cfg.teacher.use_privileged:
+        saved |= privileged_fill(data, data.indices("train"))
+    x = _linear_inputs(data, saved)
+    val_mask = (data.split == "val") & (select_within if select_within is not None else True)
+    saved["tasks"] = {}
+    for task in data.tasks:
+        labelled = data.label_mask[task.name].numpy()
+        train = np.intersect1d(train_rows, np.flatnonzero(labelled))
+        val = np.flatnonzero(val_mask & labelled)
+        scaler = StandardScaler().fit(x[train])
+        z = scaler.transform(x)
+        y = data.labels[task.name].numpy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            if task.kind.per_label or task.n_outputs == 1:
+                columns = [y[:, k] for k in range(y.shape[1])] if task.kind.per_label else [y]
+                models = [best_binary(z, col.astype(int), train, val) for col in columns]
+                entries = [{"constant": m} if isinstance(m, float) else
+                           {"coef": m.coef_[0].tolist(), "intercept": float(m.intercept_[0])} for m in models]
+            else:
+                m = best_multiclass(z, y.astype(int), train, val)
+                entries = [{"coef": m.coef_.tolist(), "intercept": m.intercept_.tolist(),
+                            "classes": m.classes_.tolist()}]
+        saved["tasks"][task.name] = {"mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(),
+                                     "models": entries}
+    atomic_write_text(model_file, json.dumps(saved))
+
+
+def logreg_outputs(model_file: Path, data: PreparedData) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Logits of the saved logistic regressions for every row (binary: the decision value; multiclass: the
+    log-probabilities of the classes seen in train, ``MISSING_CLASS_LOGIT`` for the others)."""
+    saved = json.loads(model_file.read_text())
+    x = _linear_inputs(data, saved)
+    logits = {}
+    for task in data.tasks:
+        fitted = saved["tasks"][task.name]
+        z = (x - np.asarray(fitted["mean"])) / np.asarray(fitted["scale"])
+        entries = fitted["models"]
+        if task.kind.per_label or task.n_outputs == 1:
+            out = np.stack([np.full(len(z), e["constant"]) if "constant" in e else z @ np.asarray(e["coef"])
+                            + e["intercept"] for e in entries], axis=1)
+        else:
+            e = entries[0]
+            scores = z @ np.asarray(e["coef"]).T + np.asarray(e["intercept"])
+            if scores.shape[1] == 1:  # two classes seen in train: sklearn keeps one binary column
+                scores = np.concatenate([-scores / 2, scores / 2], axis=1)
+            out = np.full((len(z), task.n_outputs), MISSING_CLASS_LOGIT)
+            out[:, e["classes"]] = scores - np.logaddexp.reduce(scores, axis=1, keepdims=True)
+        logits[task.name] = torch.from_numpy(out.astype(np.float32))
     return logits, torch.cat(list(logits.values()), dim=1)
 
 

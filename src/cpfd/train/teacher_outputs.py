@@ -15,7 +15,7 @@ from torch import nn
 
 from cpfd.data.prepared import PreparedData
 from cpfd.distill import targets as cache
-from cpfd.distill.calibration import choose_temperature
+from cpfd.distill.calibration import choose_temperature, temperature_nll
 from cpfd.distill.confidence import true_class
 from cpfd.distill.probs import task_probs
 from cpfd.distill.targets import TeacherTargets
@@ -23,9 +23,11 @@ from cpfd.evaluate.evaluation import evaluate_logits
 from cpfd.models.build import load_teacher
 from cpfd.runs import RunFolder
 from cpfd.train.loop import predict
-from cpfd.train.teacher_kinds import gbdt_outputs, outputs_frame, read_outputs
+from cpfd.train.teacher_kinds import gbdt_outputs, logreg_outputs, outputs_frame, read_outputs
 
 Log = Callable[[str], None]
+# Teacher kinds fitted here that are not networks: the function from their model file to (logits, "embedding").
+FITTED_OUTPUTS = {"lightgbm": gbdt_outputs, "logreg": logreg_outputs}
 
 
 def neural_outputs(teacher: nn.Module, data: PreparedData, folds: list[tuple[nn.Module, np.ndarray]] | None = None,
@@ -118,20 +120,39 @@ def raw_outputs(run: RunFolder, data: PreparedData, embedding: bool = False
                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """Uncalibrated logits (+ embedding: a neural teacher's fused vector only when ``embedding``) of a teacher run of
     any kind, cross-fitted where it has folds."""
-    kind = run.config.teacher.kind
+    kind = run.teacher_kind
     folds = _fold_rows(run, data)
     if kind == "file":
         return read_outputs(run.imported_outputs, data, data.id_column)
-    if kind == "lightgbm":
-        logits, embedding = gbdt_outputs(run.gbdt_model, data)
+    if kind in FITTED_OUTPUTS:
+        outputs = FITTED_OUTPUTS[kind]
+        logits, embedding = outputs(run.teacher_model(kind), data)
         for k, rows in enumerate(folds):
-            fold_logits, fold_embedding = gbdt_outputs(run.fold(k).gbdt_model, data)
+            fold_logits, fold_embedding = outputs(run.fold(k).teacher_model(kind), data)
             for task in logits:
                 logits[task][rows] = fold_logits[task][rows]
             embedding[rows] = fold_embedding[rows]
         return logits, embedding
     fold_teachers = [(load_teacher(run, data, run.fold(k).best), rows) for k, rows in enumerate(folds)]
     return neural_outputs(load_teacher(run, data), data, fold_teachers, embedding)
+
+
+def choose_teacher_kind(run: RunFolder, data: PreparedData, calibration_share: float) -> dict:
+    """``teacher.kind=auto``: the kind ("neural" or "logreg") whose teacher has the lower log-loss on the
+    calibration slice (all validation rows when the share is 0), summed over tasks; a tie keeps the network.
+    Neither teacher was selected on those rows, so the comparison is not tilted toward the one that saw them."""
+    rows = np.flatnonzero(data.calibration_rows(calibration_share) if calibration_share > 0 else data.split == "val")
+    candidates = {"neural": neural_outputs(load_teacher(run, data), data, rows=rows)[0],
+                  "logreg": logreg_outputs(run.logreg_model, data)[0]}
+    nll = {kind: 0.0 for kind in candidates}
+    for task in data.tasks:
+        labelled = rows[data.label_mask[task.name].numpy()[rows]]
+        if not len(labelled):
+            continue
+        for kind, logits in candidates.items():
+            nll[kind] += temperature_nll(logits[task.name][labelled], data.labels[task.name][labelled], task.kind, 1.0)
+    kind = "logreg" if nll["logreg"] < nll["neural"] else "neural"
+    return {"kind": kind, "calibration_nll": nll, "rows": len(rows)}
 
 
 def export_outputs(run: RunFolder, data: PreparedData, path: Path) -> Path:
@@ -148,11 +169,11 @@ def export_outputs(run: RunFolder, data: PreparedData, path: Path) -> Path:
 def fold_logits(run: RunFolder, data: PreparedData) -> list[dict[str, torch.Tensor]]:
     """Every fold teacher's uncalibrated logits on *every* row (for the fold-variance confidence); [] without folds."""
     run = RunFolder(run)
-    kind = run.config.teacher.kind
+    kind = run.teacher_kind
     out = []
     for k in range(len(_fold_rows(run, data))):
-        if kind == "lightgbm":
-            out.append(gbdt_outputs(run.fold(k).gbdt_model, data)[0])
+        if kind in FITTED_OUTPUTS:
+            out.append(FITTED_OUTPUTS[kind](run.fold(k).teacher_model(kind), data)[0])
         elif kind == "neural":
             out.append(predict(load_teacher(run, data, run.fold(k).best), data, np.arange(len(data)),
                                with_privileged=True)["logits"])
