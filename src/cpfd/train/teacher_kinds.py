@@ -61,6 +61,14 @@ def gbdt_matrix(data: PreparedData, use_privileged: bool = True) -> np.ndarray:
     return np.concatenate([student, data.privileged.numpy().astype(np.float64)], axis=1)
 
 
+def _task_rows(data: PreparedData, train_rows: np.ndarray, select_within: np.ndarray | None):
+    """Per task: (task, its labelled rows among ``train_rows``, its labelled selection rows of validation)."""
+    val_mask = (data.split == "val") & (select_within if select_within is not None else True)
+    for task in data.tasks:
+        labelled = data.label_mask[task.name].numpy()
+        yield task, np.intersect1d(train_rows, np.flatnonzero(labelled)), np.flatnonzero(val_mask & labelled)
+
+
 def _fit_one(x: np.ndarray, y: np.ndarray, train: np.ndarray, val: np.ndarray, seed: int, threads: int) -> dict:
     """One booster; returns {"model": text, "classes": [...]} (classes the booster predicts, in column order)."""
     classes = np.unique(y[train])
@@ -81,12 +89,8 @@ def fit_gbdt(data: PreparedData, cfg: RunConfig, model_file: Path, train_rows: n
     x = gbdt_matrix(data, cfg.teacher.use_privileged)
     # One thread below ~10k rows: OpenMP spin-waiting costs more than it gains there, and far more on a busy machine.
     threads = max(1, torch.get_num_threads()) if len(x) > 10_000 else 1
-    val_mask = (data.split == "val") & (select_within if select_within is not None else True)
     boosters = {}
-    for task in data.tasks:
-        labelled = data.label_mask[task.name].numpy()
-        train = np.intersect1d(train_rows, np.flatnonzero(labelled))
-        val = np.flatnonzero(val_mask & labelled)
+    for task, train, val in _task_rows(data, train_rows, select_within):
         y = data.labels[task.name].numpy()
         columns = [y[:, k] for k in range(y.shape[1])] if task.kind.per_label else [y]
         boosters[task.name] = [_fit_one(x, col.astype(int), train, val, cfg.train.seed, threads) for col in columns]
@@ -134,12 +138,8 @@ def fit_logreg(data: PreparedData, cfg: RunConfig, model_file: Path, train_rows:
     if cfg.teacher.use_privileged:
         saved |= privileged_fill(data, data.indices("train"))
     x = _linear_inputs(data, saved)
-    val_mask = (data.split == "val") & (select_within if select_within is not None else True)
     saved["tasks"] = {}
-    for task in data.tasks:
-        labelled = data.label_mask[task.name].numpy()
-        train = np.intersect1d(train_rows, np.flatnonzero(labelled))
-        val = np.flatnonzero(val_mask & labelled)
+    for task, train, val in _task_rows(data, train_rows, select_within):
         scaler = StandardScaler().fit(x[train])
         z = scaler.transform(x)
         y = data.labels[task.name].numpy()
