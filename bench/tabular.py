@@ -159,7 +159,8 @@ def main() -> None:
         summary[name] = summarize_splits(name, outs)
     if summary:
         path = Path(__file__).parent / "results" / f"tabular{args.tag}_splits.json"
-        path.write_text(json.dumps(summary, indent=1))
+        earlier = json.loads(path.read_text()) if path.exists() else {}  # tables run by separate invocations
+        path.write_text(json.dumps(earlier | summary, indent=1))
         print(f"\nper-split numbers: {path}")
 
 
