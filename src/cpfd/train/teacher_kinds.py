@@ -8,8 +8,9 @@
   missing-indicator column), standardised, C chosen from a grid on the selection rows' log-loss: the
   ``logreg_privileged`` reference row as a teacher.
 - ``auto``: the neural teacher and the ``logreg`` one are both fitted; the one with the lower log-loss on the
-  calibration slice (validation rows neither was selected on) is kept, and its fold teachers are fitted. A network
-  that has not learnt what a linear model gets from the same inputs is never the teacher.
+  calibration slice (validation rows neither was selected on) is kept, and its fold teachers are fitted: a network
+  that has not learnt what a linear model gets from the same inputs does not stay the teacher, as far as those
+  rows can tell (on a few dozen rows the choice is noisy).
 - ``file``: bring your own teacher outputs: a parquet of per-row logits keyed by the dataset's id column, one
   column ``logits_<task>`` per task (a number for binary, a list of C or L numbers otherwise). It is validated
   against the dataset (ids, shapes, tasks, finite values) and then cached and calibrated like any teacher.
