@@ -452,3 +452,17 @@ def test_weight_diagnostics_in_chunks_equal_one_pass(fitted, monkeypatch):
     assert whole["ess_fraction"] == pytest.approx(float(w.sum() ** 2 / (len(w) * (w**2).sum())))
     assert whole["kd_mass_teacher_wrong"] == pytest.approx(float(w[wrong].sum() / w[known].sum()))
     assert whole["rows_judged"] == int(known.sum()) == 120  # the labelled train rows
+
+
+def test_missing_privileged_values_are_filled_from_train_rows_with_indicators():
+    """The rule the logreg teacher and the logreg_privileged reference share, by hand: train rows 0 and 1."""
+    from types import SimpleNamespace
+
+    from cpfd.evaluate.references import privileged_fill, privileged_matrix
+
+    nan = float("nan")
+    data = SimpleNamespace(privileged=torch.tensor([[1.0, nan, nan], [3.0, 4.0, nan], [nan, nan, 5.0]]))
+    fill = privileged_fill(data, np.array([0, 1]))
+    # column 0: mean 2, complete on train (no indicator); column 1: mean 4, missing on row 0; column 2: all missing.
+    assert fill == {"fill": [2.0, 4.0, 0.0], "indicators": [1, 2]}
+    assert privileged_matrix(data, fill).tolist() == [[1, 4, 0, 1, 1], [3, 4, 0, 0, 1], [2, 4, 5, 1, 0]]
