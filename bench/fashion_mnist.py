@@ -7,6 +7,7 @@ set, and a pool of 10 000 further train images whose labels are dropped (rows wi
 
     python bench/fashion_mnist.py                  # 1k and 5k, 5 seeds (reported numbers)
     python bench/fashion_mnist.py --demo           # what `make demo` runs: 1k, 3 seeds
+    python bench/fashion_mnist.py --build-only     # datasets only, for seeds run as parallel processes
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=ROOT, help="folder with the four idx.gz files")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="config override, e.g. "
                         "train.accelerator=cuda")
+    parser.add_argument("--build-only", action="store_true",
+                        help="write the datasets and stop (to run seeds as parallel `cpfd compare` processes)")
     args = parser.parse_args()
     sizes = [1000] if args.demo else [int(s) for s in args.sizes.split(",")]
     seeds = 3 if args.demo else args.seeds
@@ -82,6 +85,9 @@ def main() -> None:
 
     for n in sizes:
         folder = build(n, args.unlabelled, 1000, root=args.data_dir)
+        if args.build_only:
+            print(folder, flush=True)
+            continue
         out = folder.parent / "compare"
         tic = time.perf_counter()
         cmd = ["compare", str(folder), "--out", str(out), "--seeds", str(seeds), *extra]

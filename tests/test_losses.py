@@ -355,6 +355,25 @@ def test_temperature_is_kept_only_when_it_helps_on_held_out_rows():
     assert choose_temperature(5 * z[:30], y[:30], "multiclass", folds[:30])["kept"]
 
 
+def test_temperature_that_lowers_nll_but_raises_held_out_ece_is_not_kept():
+    from cpfd.distill.calibration import choose_temperature
+
+    # Each fold: 98 rows at z = 2 (p = .8808) of which 88 are positive (.8980), and 2 confidently wrong rows at
+    # z = 8 (p = .99966, y = 0). Softening pays for the two wrong rows, so the held-out NLL falls (.4844 -> .4674),
+    # but it moves the 98 bulk rows away from their frequency. ECE (15 bins) by hand:
+    #   T = 1:     .98 * |.8808 - .8980| + .02 * .99966 = .0368
+    #   T = 1.339: .98 * |sigmoid(2/T) = .8167 - .8980| + .02 * (sigmoid(8/T) = .99747) = .0996
+    z = torch.tensor(([2.0] * 98 + [8.0] * 2) * 2)
+    y = torch.tensor(([1.0] * 88 + [0.0] * 12) * 2)
+    choice = choose_temperature(z, y, "binary", np.repeat([0, 1], 100))
+    assert choice["fitted"] == pytest.approx(1.339, abs=2e-3)
+    assert choice["heldout_nll_after"] == pytest.approx(0.4674, abs=2e-4)
+    assert choice["heldout_nll_before"] == pytest.approx(0.4844, abs=2e-4)
+    assert choice["heldout_ece_before"] == pytest.approx(0.0368, abs=2e-4)
+    assert choice["heldout_ece_after"] == pytest.approx(0.0996, abs=2e-4)
+    assert not choice["kept"] and choice["temperature"] == 1.0
+
+
 def test_best_threshold_and_f1():
     y, s = np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])
     # F1 at thresholds 0.1/0.35/0.4/0.8 = 0.667/0.8/0.5/0.667

@@ -92,10 +92,12 @@ def test_run_folder_contents(fitted):
     assert set(metrics["test"]["groups"]) == {"feed", "search"}
     teacher = json.loads((root / "teacher" / "metrics.json").read_text())
     assert set(teacher["calibration"]["spam"]) >= {"temperature", "test_ece_before", "test_ece_after", "kept",
-                                                   "heldout_nll_before", "heldout_nll_after"}
+                                                   "heldout_nll_before", "heldout_nll_after",
+                                                   "heldout_ece_before", "heldout_ece_after"}
     c = teacher["calibration"]["spam"]
-    # Kept only with enough rows, something fitted (not all rows right) and a lower held-out NLL (choose_temperature).
-    helps = c["heldout_nll_after"] < c["heldout_nll_before"]
+    # Kept only with enough rows, something fitted (not all rows right) and a lower held-out NLL and ECE
+    # (choose_temperature).
+    helps = c["heldout_nll_after"] < c["heldout_nll_before"] and c["heldout_ece_after"] < c["heldout_ece_before"]
     assert c["kept"] == (c["rows"] >= MIN_CALIBRATION_ROWS and c["fitted"] != 1.0 and helps)
     assert c["kept"] or c["temperature"] == 1.0
 

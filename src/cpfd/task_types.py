@@ -126,6 +126,10 @@ class TaskType:
     def metrics(self, probs: np.ndarray, labels: np.ndarray, thresholds: list[float] | None) -> dict:
         raise NotImplementedError
 
+    def calibration_error(self, probs: np.ndarray, labels: np.ndarray) -> float:
+        """Expected calibration error over ``N_BINS`` equal-width bins (torchmetrics, L1 norm)."""
+        raise NotImplementedError
+
     def parse_labels(self, raw: list, classes: list[str] | None) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
         """Table values -> (labels, labelled mask, classes, invalid mask)."""
         raise NotImplementedError
@@ -179,6 +183,12 @@ class Bernoulli(TaskType):
         y = labels.float()
         return y * probs + (1 - y) * (1 - probs)
 
+    def calibration_error(self, probs, labels):
+        # Every (row, label) probability is one binary forecast: multilabel tasks are scored flattened.
+        return float(binary_calibration_error(torch.from_numpy(np.asarray(probs, dtype=np.float32).reshape(-1)),
+                                              torch.from_numpy(np.asarray(labels).astype(int).reshape(-1)),
+                                              n_bins=N_BINS))
+
     def correct(self, probs, labels):
         return (probs >= 0.5).float() == labels.float()
 
@@ -211,7 +221,7 @@ class Binary(Bernoulli):
             "recall": safe_metric(recall_score, y, pred, zero_division=0),
             "roc_auc": safe_metric(roc_auc_score, y, probs),
             "pr_auc": safe_metric(average_precision_score, y, probs),
-            "ece": float(binary_calibration_error(torch.from_numpy(probs).float(), torch.from_numpy(y), n_bins=N_BINS)),
+            "ece": self.calibration_error(probs, y),
             "threshold": thresholds[0],
         }
 
@@ -273,6 +283,11 @@ class Multiclass(TaskType):
     def true_class_prob(self, probs, labels):
         return probs.gather(-1, labels.clamp(min=0).long().unsqueeze(-1)).squeeze(-1)
 
+    def calibration_error(self, probs, labels):
+        return float(multiclass_calibration_error(torch.from_numpy(np.asarray(probs, dtype=np.float32)),
+                                                  torch.from_numpy(np.asarray(labels).astype(int)),
+                                                  num_classes=np.shape(probs)[1], n_bins=N_BINS))
+
     def correct(self, probs, labels):
         return probs.argmax(-1) == labels.long()
 
@@ -294,8 +309,7 @@ class Multiclass(TaskType):
             # AUCs over the classes present in this split, so a class absent from test does not void them.
             "roc_auc": safe_metric(roc_auc_score, onehot, probs[:, present], average="macro"),
             "pr_auc": safe_metric(average_precision_score, onehot, probs[:, present], average="macro"),
-            "ece": float(multiclass_calibration_error(torch.from_numpy(probs).float(), torch.from_numpy(y),
-                                                      num_classes=n_classes, n_bins=N_BINS)),
+            "ece": self.calibration_error(probs, y),
         }
 
     def parse_labels(self, raw, classes):
@@ -344,8 +358,7 @@ class Multilabel(Bernoulli):
             "recall": safe_metric(recall_score, y, pred, average="macro", zero_division=0),
             "roc_auc": auc(roc_auc_score),
             "pr_auc": auc(average_precision_score),
-            "ece": float(binary_calibration_error(torch.from_numpy(probs.reshape(-1)).float(),
-                                                  torch.from_numpy(y.reshape(-1)), n_bins=N_BINS)),
+            "ece": self.calibration_error(probs, y),
             "thresholds": list(map(float, thresholds)),
         }
 

@@ -60,23 +60,33 @@ def choose_temperature(logits: Tensor, labels: Tensor, task_type: str | TaskType
     r"""Temperature scaling that is kept only if it helps on data it was not fitted on.
 
     With the calibration rows split into two folds, :math:`T_k` is fitted on fold :math:`1-k` and scored on fold
-    :math:`k`; the cross-fitted held-out NLL is compared with the uncalibrated teacher's (:math:`T = 1`). If it is
-    not lower, the teacher stays uncalibrated; otherwise the temperature is refitted on all calibration rows.
-    With fewer than ``min_rows`` calibration rows no temperature is kept (the floor of
-    :func:`scenario_temperatures` too): each fold would hold a dozen rows.
+    :math:`k`. The temperature is kept only if, over the held-out folds, it lowers *both* the NLL and the expected
+    calibration error (ECE, 15 bins) of the uncalibrated teacher (:math:`T = 1`); it is then refitted on all
+    calibration rows. NLL alone is not enough: a few confidently wrong rows dominate it, so a softening that pays
+    for them can still move the bulk of the rows away from their frequencies (ECE up on test) — the second test
+    asks the held-out rows whether that happened. With fewer than ``min_rows`` calibration rows no temperature is
+    kept (the floor of :func:`scenario_temperatures` too): each fold would hold a dozen rows.
     """
-    base = temperature_nll(logits, labels, task_type, 1.0)
+    kind = as_task_type(task_type)
+    base = temperature_nll(logits, labels, kind, 1.0)
     crossed, n = 0.0, max(len(folds), 1)
+    held_probs = torch.zeros_like(kind.probs(logits.detach().double()))
     for k in (0, 1):
-        held, fit = folds == k, folds != k
-        t = fit_temperature(logits[torch.from_numpy(fit)], labels[torch.from_numpy(fit)], task_type)
-        crossed += temperature_nll(logits[torch.from_numpy(held)], labels[torch.from_numpy(held)], task_type, t) * int(held.sum())
+        held, fit = torch.from_numpy(folds == k), torch.from_numpy(folds != k)
+        t = fit_temperature(logits[fit], labels[fit], kind)
+        crossed += temperature_nll(logits[held], labels[held], kind, t) * int(held.sum())
+        held_probs[held] = kind.probs(logits[held].detach().double(), t)
     crossed /= n
-    fitted = fit_temperature(logits, labels, task_type)
+    ece_before = ece_after = 0.0
+    if len(folds):
+        ece_before = kind.calibration_error(kind.probs(logits.detach().double()).numpy(), labels.numpy())
+        ece_after = kind.calibration_error(held_probs.numpy(), labels.numpy())
+    fitted = fit_temperature(logits, labels, kind)
     # fitted == 1.0: nothing was fitted (see fit_temperature); the two NLLs then differ by rounding only.
-    kept = bool(len(folds) >= max(2, min_rows) and fitted != 1.0 and crossed < base)
+    kept = bool(len(folds) >= max(2, min_rows) and fitted != 1.0 and crossed < base and ece_after < ece_before)
     return {"temperature": fitted if kept else 1.0, "fitted": fitted, "kept": kept,
-            "heldout_nll_before": base, "heldout_nll_after": crossed}
+            "heldout_nll_before": base, "heldout_nll_after": crossed,
+            "heldout_ece_before": ece_before, "heldout_ece_after": ece_after}
 
 
 def scenario_temperatures(logits: Tensor, labels: Tensor, label_mask: Tensor, split: np.ndarray,
