@@ -116,7 +116,7 @@ class TeacherConfig(_Strict):
         None, description="privileged groups as name -> column globs; default: one group per column"
     )
     calibrate: bool = Field(True, description="fit a temperature per task on validation before computing confidence; "
-                            "kept only if it lowers the cross-fitted held-out NLL")
+                            "kept only if it lowers the cross-fitted held-out NLL and ECE")
     calibration_share: float = Field(0.5, ge=0.0, lt=1.0, description="share of validation rows held out from "
                                      "teacher selection to fit the temperature on (0: all of validation)")
     oof_folds: int = Field(0, ge=0, description="K>=2: cross-fitted (out-of-fold) teacher outputs on train rows")

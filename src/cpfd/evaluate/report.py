@@ -136,7 +136,7 @@ def markdown_report(results: dict, path: Path, plots: dict[str, Path]) -> Path:
         lines.append("")
     lines += ["## Teacher calibration (seed means)", "",
               "Temperature fitted on a validation slice the teacher was not selected on, kept only where it lowered "
-              "the cross-fitted held-out NLL (share of seeds in *kept*); ECE on test.", "",
+              "the cross-fitted held-out NLL and ECE (share of seeds in *kept*); ECE on test.", "",
               "| task | temperature | kept | ECE before | ECE after |", "|---|---|---|---|---|"]
     for t, c in results["teacher_calibration"].items():
         lines.append(f"| {t} | {c['temperature']:.3f} | {c['kept']:.0%} | {c['test_ece_before']:.4f} | "

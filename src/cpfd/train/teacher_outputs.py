@@ -92,7 +92,7 @@ def _assembled_shares(run: RunFolder, data: PreparedData, key: str, log: Log) ->
 def calibrated_targets(data: PreparedData, logits: dict[str, torch.Tensor], embedding: torch.Tensor,
                        calibrate: bool = True, calibration_share: float = 0.5) -> TeacherTargets:
     """The temperature is fitted on the calibration slice of validation and kept only if it lowers the
-    cross-fitted held-out NLL (:func:`cpfd.distill.calibration.choose_temperature`)."""
+    cross-fitted held-out NLL and ECE (:func:`cpfd.distill.calibration.choose_temperature`)."""
     temperatures, report = {}, {}
     calib = data.calibration_rows(calibration_share)
     for task in data.tasks:
