@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=ROOT, help="folder with the four idx.gz files")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="config override, e.g. "
                         "train.accelerator=cuda")
+    parser.add_argument("--tag", default="", help="suffix of the compare folder (compare<tag>), to keep runs apart")
     parser.add_argument("--build-only", action="store_true",
                         help="write the datasets and stop (to run seeds as parallel `cpfd compare` processes)")
     args = parser.parse_args()
@@ -88,7 +89,7 @@ def main() -> None:
         if args.build_only:
             print(folder, flush=True)
             continue
-        out = folder.parent / "compare"
+        out = folder.parent / f"compare{args.tag}"
         tic = time.perf_counter()
         cmd = ["compare", str(folder), "--out", str(out), "--seeds", str(seeds), *extra]
         for item in args.sets:
