@@ -292,6 +292,8 @@ def test_auto_teacher_keeps_the_kind_with_the_lower_calibration_log_loss(fitted,
     assert choice["calibration_nll"]["logreg"] == pytest.approx(by_hand)
     nll = choice["calibration_nll"]
     assert choice["kind"] == ("logreg" if nll["logreg"] < nll["neural"] else "neural") == metrics["chosen"]
+    # Training numbers at the top level are the kept teacher's: the network's only when the network is kept.
+    assert ("best_val_f1" in metrics) == (choice["kind"] == "neural") != ("neural_fit" in metrics)
     chosen = linear if choice["kind"] == "logreg" else teacher_targets(tmp_path / "auto", data).logits
     assert all(torch.equal(teacher_targets(tmp_path / "auto", data).logits[t], chosen[t]) for t in chosen)
     assert run.teacher_checkpoints() == [run.teacher_model(choice["kind"])]

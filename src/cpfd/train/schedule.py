@@ -168,7 +168,7 @@ def fit_teacher(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, res
     else:
         fit_one = partial(_fit_one_teacher, data=data, cfg=cfg, fabric=fabric, select=select, log=log, resume=resume)
         if kind == "auto":
-            summary |= fit_one("neural", run, labelled, cfg.train.seed, "teacher")
+            network = fit_one("neural", run, labelled, cfg.train.seed, "teacher")
             fit_one("logreg", run, labelled, cfg.train.seed, "teacher")
             if fabric.is_global_zero:
                 choice = choose_teacher_kind(run, data, cfg.teacher.calibration_share)
@@ -177,7 +177,8 @@ def fit_teacher(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, res
                     + ", ".join(f"{k} {v:.4f}" for k, v in choice["calibration_nll"].items()) + ")")
             fabric.barrier()
             kind = run.teacher_kind
-            summary["chosen"] = kind
+            # The network's training summary (best epoch, validation F1) describes the teacher only if it was kept.
+            summary |= {"chosen": kind} | (network if kind == "neural" else {"neural_fit": network})
         else:
             summary |= fit_one(kind, run, labelled, cfg.train.seed, "teacher")
         for k, held_out in enumerate(folds):
