@@ -70,7 +70,8 @@ def choose_temperature(logits: Tensor, labels: Tensor, task_type: str | TaskType
     kind = as_task_type(task_type)
     base = temperature_nll(logits, labels, kind, 1.0)
     crossed, n = 0.0, max(len(folds), 1)
-    held_probs = torch.zeros_like(kind.probs(logits.detach().double()))
+    uncalibrated = kind.probs(logits.detach().double())
+    held_probs = torch.zeros_like(uncalibrated)
     for k in (0, 1):
         held, fit = torch.from_numpy(folds == k), torch.from_numpy(folds != k)
         t = fit_temperature(logits[fit], labels[fit], kind)
@@ -79,7 +80,7 @@ def choose_temperature(logits: Tensor, labels: Tensor, task_type: str | TaskType
     crossed /= n
     ece_before = ece_after = 0.0
     if len(folds):
-        ece_before = kind.calibration_error(kind.probs(logits.detach().double()).numpy(), labels.numpy())
+        ece_before = kind.calibration_error(uncalibrated.numpy(), labels.numpy())
         ece_after = kind.calibration_error(held_probs.numpy(), labels.numpy())
     fitted = fit_temperature(logits, labels, kind)
     # fitted == 1.0: nothing was fitted (see fit_temperature); the two NLLs then differ by rounding only.
