@@ -7,7 +7,7 @@ import math
 import pytest
 
 from cpfd.compare import paired_difference
-from cpfd.evaluate.report import verdict_lines
+from cpfd.evaluate.report import f1_columns, rich_table, verdict_lines
 
 
 def test_paired_difference_by_hand():
@@ -55,3 +55,14 @@ def test_report_sentences_follow_the_standard_errors():
                                       {"mean": 0.1, "se": float("nan"), "n": 1, "verdict": "not enough seeds"}))
     text = "\n".join(one_seed)
     assert "not enough seeds to compare CPFD with PFD" in text and "too few seeds to tell from noise" in text
+
+
+def test_one_task_gets_one_f1_column_and_several_get_their_mean():
+    stats = {"mean": 0.8, "std": 0.01}
+    results = {"dataset": "d", "tasks": ["spam"], "options": {"seeds": 3},
+               "arms": {"baseline": {"f1": {"spam": stats}, "mean_f1": stats, "gap_closed": {"mean_f1": None}}}}
+    assert f1_columns(results) == [("spam F1", None)]
+    assert [c.header for c in rich_table(results).columns] == ["arm", "spam F1", "vs PFD (paired ± s.e.)",
+                                                               "gap closed"]
+    results["tasks"] = ["spam", "category"]
+    assert f1_columns(results) == [("spam", "spam"), ("category", "category"), ("mean F1", None)]

@@ -12,17 +12,17 @@ import numpy as np  # noqa: E402
 
 from cpfd.data.prepared import PreparedData  # noqa: E402
 from cpfd.distill.targets import TeacherTargets  # noqa: E402
+from cpfd.evaluate.report import f1_columns  # noqa: E402
 
 
 def f1_by_arm(results: dict, path: Path) -> Path:
-    """One panel per task (and the task mean), one bar per arm, mean ± std over seeds."""
+    """One panel per task (and the task mean where there are several), one bar per arm, mean ± std over seeds."""
     arms = list(results["arms"])
-    columns = results["tasks"] + ["mean F1"]
+    columns = f1_columns(results)
     fig, axes = plt.subplots(1, len(columns), figsize=(2.2 + 0.45 * len(arms) * len(columns), 3.6), squeeze=False)
     colours = plt.get_cmap("tab10")(np.arange(len(arms)) % 10)
-    for ax, column in zip(axes[0], columns):
-        stats = [results["arms"][a]["mean_f1"] if column == "mean F1" else results["arms"][a]["f1"][column]
-                 for a in arms]
+    for ax, (column, task) in zip(axes[0], columns):
+        stats = [results["arms"][a]["mean_f1"] if task is None else results["arms"][a]["f1"][task] for a in arms]
         means = np.array([s["mean"] for s in stats])
         stds = np.nan_to_num(np.array([s["std"] for s in stats]))
         ax.bar(np.arange(len(arms)), means, yerr=stds, capsize=2, color=colours)

@@ -35,17 +35,29 @@ def _diff(d: dict | None, short: bool = False) -> str:
     return f"{value} ±{se} ({d['verdict']})" if not short else f"{value} ±{se}"
 
 
+def f1_columns(results: dict) -> list[tuple[str, str | None]]:
+    """(header, task) per F1 column; task None is the mean over tasks, shown only where there is more than one."""
+    tasks = results["tasks"]
+    if len(tasks) == 1:
+        return [(f"{tasks[0]} F1", None)]
+    return [(t, t) for t in tasks] + [("mean F1", None)]
+
+
+def _f1_stats(entry: dict, task: str | None) -> dict:
+    return entry["mean_f1"] if task is None else entry["f1"][task]
+
+
 def rich_table(results: dict) -> Table:
     seeds = results.get("options", {}).get("seeds", "?")
     table = Table(title=f"cpfd compare — {results['dataset']} (test F1, mean ± std over {seeds} seeds)")
     table.add_column("arm", style="bold", no_wrap=True)
-    for task in results["tasks"]:
-        table.add_column(task, justify="right")
-    table.add_column("mean F1", justify="right")
+    columns = f1_columns(results)
+    for header, _ in columns:
+        table.add_column(header, justify="right")
     table.add_column("vs PFD (paired ± s.e.)", justify="right")
     table.add_column("gap closed", justify="right")
     for arm, entry in results["arms"].items():
-        table.add_row(arm, *[_pm_short(entry["f1"][t]) for t in results["tasks"]], _pm_short(entry["mean_f1"]),
+        table.add_row(arm, *[_pm_short(_f1_stats(entry, t)) for _, t in columns],
                       _diff(entry.get("vs_pfd"), short=True) if arm != "pfd" else "",
                       _gap(entry["gap_closed"]["mean_f1"]) if arm not in CORE_ARMS else "")
     return table
@@ -107,7 +119,7 @@ def verdict_lines(results: dict) -> list[str]:
 
 
 def markdown_report(results: dict, path: Path, plots: dict[str, Path]) -> Path:
-    tasks = results["tasks"]
+    columns = f1_columns(results)
     seeds = results.get("options", {}).get("seeds", "?")
     lines = [f"# cpfd compare: {results['dataset']}", "",
              f"Test F1, mean ± std over {seeds} seeds, identical budgets per arm. Binary: F1 at the validation-tuned "
@@ -115,10 +127,10 @@ def markdown_report(results: dict, path: Path, plots: dict[str, Path]) -> Path:
              "Differences are paired over seeds (mean ± standard error); a verdict needs ≥ 2 s.e. and ≥ 3 seeds. "
              "Gap closed = (F1_arm − F1_baseline) / (F1_teacher − F1_baseline) on the seed means, defined only "
              "when the teacher beats the baseline by ≥ 2 paired s.e.", "",
-             "| arm | " + " | ".join(tasks) + " | mean F1 | vs baseline | vs PFD | gap closed (mean F1) |",
-             "|---" * (len(tasks) + 5) + "|"]
+             "| arm | " + " | ".join(h for h, _ in columns) + " | vs baseline | vs PFD | gap closed |",
+             "|---" * (len(columns) + 4) + "|"]
     for arm, e in results["arms"].items():
-        lines.append(f"| {arm} | " + " | ".join(_pm(e["f1"][t]) for t in tasks) + f" | {_pm(e['mean_f1'])} | "
+        lines.append(f"| {arm} | " + " | ".join(_pm(_f1_stats(e, t)) for _, t in columns) + " | "
                      f"{_diff(e['vs_baseline']) if arm != 'baseline' else ''} | "
                      f"{_diff(e.get('vs_pfd')) if arm != 'pfd' else ''} | "
                      f"{_gap(e['gap_closed']['mean_f1']) if arm not in CORE_ARMS else ''} |")
