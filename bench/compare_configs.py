@@ -26,7 +26,8 @@ REFERENCES = {"teacher": "logreg_privileged", "baseline": "logreg_student"}
 
 
 def per_seed(results: dict, arm: str, split: str) -> dict[str, float]:
-    """Per seed, the arm's mean F1 on ``split``; a teacher's validation score is that of its selection rows."""
+    """Per seed, the arm's mean F1 on ``split``; a teacher run before its report had a ``val`` entry falls back to
+    the validation F1 of its training loop's selection rows."""
     out = {}
     for seed, v in results["per_seed"].get(arm, {}).items():
         if split in v:

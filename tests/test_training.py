@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from cpfd.config import load_config
 from cpfd.data import load_dataset
 from cpfd.distill.calibration import MIN_CALIBRATION_ROWS
+from cpfd.evaluate.evaluation import evaluate_logits
 from cpfd.train.loop import make_fabric
 from conftest import make_dataset
 from cpfd.runs import TEACHER_OUTPUTS as CACHE_NAME
@@ -296,6 +297,10 @@ def test_auto_teacher_keeps_the_kind_with_the_lower_calibration_log_loss(fitted,
     assert ("best_val_f1" in metrics) == (choice["kind"] == "neural") != ("neural_fit" in metrics)
     chosen = linear if choice["kind"] == "logreg" else teacher_targets(tmp_path / "auto", data).logits
     assert all(torch.equal(teacher_targets(tmp_path / "auto", data).logits[t], chosen[t]) for t in chosen)
+    # Whatever the kind, the kept teacher is scored on validation like a student, from its own logits.
+    val = evaluate_logits(data, chosen, "val")
+    assert metrics["val"]["mean_f1"] == pytest.approx(val["mean_f1"])
+    assert metrics["val"]["tasks"].keys() == val["tasks"].keys()
     assert run.teacher_checkpoints() == [run.teacher_model(choice["kind"])]
 
 

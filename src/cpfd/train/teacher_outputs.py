@@ -218,6 +218,9 @@ def teacher_report(data: PreparedData, targets: TeacherTargets) -> dict:
     report = {
         "role": "teacher",
         "test": raw,
+        # Scored like the students' validation rows, so a configuration can be chosen on validation for every arm
+        # whatever the teacher kind (an ``auto`` or tree teacher has no training-loop validation score).
+        "val": evaluate_logits(data, targets.logits, "val"),
         "calibration": {
             t.name: {"temperature": targets.temperatures[t.name], "test_ece_before": raw["tasks"][t.name]["ece"],
                      "test_ece_after": calibrated["tasks"][t.name]["ece"], **targets.calibration.get(t.name, {})}
