@@ -59,10 +59,13 @@ def test_report_sentences_follow_the_standard_errors():
 
 def test_one_task_gets_one_f1_column_and_several_get_their_mean():
     stats = {"mean": 0.8, "std": 0.01}
+    arm = {"f1": {"spam": stats}, "mean_f1": stats, "gap_closed": {"mean_f1": 0.5}}
     results = {"dataset": "d", "tasks": ["spam"], "options": {"seeds": 3},
-               "arms": {"baseline": {"f1": {"spam": stats}, "mean_f1": stats, "gap_closed": {"mean_f1": None}}}}
+               "arms": {"baseline": arm, "pfd": arm, "logreg_student": arm}}
     assert f1_columns(results) == [("spam F1", None)]
-    assert [c.header for c in rich_table(results).columns] == ["arm", "spam F1", "vs PFD (paired ± s.e.)",
-                                                               "gap closed"]
+    table = rich_table(results)
+    assert [c.header for c in table.columns] == ["arm", "spam F1", "vs PFD (paired ± s.e.)", "gap closed"]
+    # Gap closed describes distilled arms only: not the baseline, not a logistic-regression reference.
+    assert list(table.columns[3].cells) == ["", "+50.0 %", ""]
     results["tasks"] = ["spam", "category"]
     assert f1_columns(results) == [("spam", "spam"), ("category", "category"), ("mean F1", None)]

@@ -15,6 +15,11 @@ from cpfd.io import atomic_write_text
 CORE_ARMS = ("baseline", "teacher")
 
 
+def _distilled(arm: str) -> bool:
+    """Arms that gap closed describes: not the two ends of the gap, not the logistic-regression references."""
+    return arm not in CORE_ARMS and not arm.startswith("logreg_")
+
+
 def _pm(stats: dict) -> str:
     return "n/a" if stats["mean"] != stats["mean"] else f"{stats['mean']:.4f} ± {stats['std']:.4f}"
 
@@ -59,7 +64,7 @@ def rich_table(results: dict) -> Table:
     for arm, entry in results["arms"].items():
         table.add_row(arm, *[_pm_short(_f1_stats(entry, t)) for _, t in columns],
                       _diff(entry.get("vs_pfd"), short=True) if arm != "pfd" else "",
-                      _gap(entry["gap_closed"]["mean_f1"]) if arm not in CORE_ARMS else "")
+                      _gap(entry["gap_closed"]["mean_f1"]) if _distilled(arm) else "")
     return table
 
 
@@ -105,8 +110,7 @@ def verdict_lines(results: dict) -> list[str]:
             sure = "" if ref["verdict"] == "worse" else " (too few seeds to tell from noise)"
             lines.append(f"**Warning: the {arm} is below its simple reference** ({ref['reference']}): "
                          f"{ref['mean']:+.4f} ± {ref['se']:.4f} (paired s.e.){sure}.")
-    below = [a for a, e in results["arms"].items() if a not in CORE_ARMS and not a.startswith("logreg_")
-             and e["vs_baseline"]["verdict"] == "worse"]
+    below = [a for a, e in results["arms"].items() if _distilled(a) and e["vs_baseline"]["verdict"] == "worse"]
     if below:
         lines.append(f"**Below the baseline** (≥ 2 paired s.e.): {', '.join(below)}.")
     worse_ece = [t for t, c in results["teacher_calibration"].items() if c["test_ece_after"] > c["test_ece_before"]]
@@ -133,7 +137,7 @@ def markdown_report(results: dict, path: Path, plots: dict[str, Path]) -> Path:
         lines.append(f"| {arm} | " + " | ".join(_pm(_f1_stats(e, t)) for _, t in columns) + " | "
                      f"{_diff(e['vs_baseline']) if arm != 'baseline' else ''} | "
                      f"{_diff(e.get('vs_pfd')) if arm != 'pfd' else ''} | "
-                     f"{_gap(e['gap_closed']['mean_f1']) if arm not in CORE_ARMS else ''} |")
+                     f"{_gap(e['gap_closed']['mean_f1']) if _distilled(arm) else ''} |")
     lines += ["", "Arms:", ""] + [f"- **{a}**: {e['description']}" for a, e in results["arms"].items()]
     lines += [""] + [line + "\n" for line in verdict_lines(results)]
     first = next(iter(results["arms"].values()))
