@@ -255,21 +255,27 @@ def test_lightgbm_teacher_gives_cached_outputs_a_student_distils_from(fitted, tm
     assert not torch.allclose(oof.logits["spam"][train], targets.logits["spam"][train])
 
 
-def test_logreg_teacher_is_the_privileged_reference(fitted, tmp_path):
+def test_logreg_teacher_is_the_privileged_reference(fitted, tmp_path, monkeypatch):
     """With the whole validation split to choose C on (calibration_share 0), the logreg teacher's logits are the
-    logreg_privileged reference's, on every task kind (binary, multiclass, multilabel)."""
+    logreg_privileged reference's, on every task kind (binary, multiclass, multilabel), whether the table is read
+    in one piece or in pieces of 7 rows (as a big table is, ``CHUNK_ROWS`` at a time)."""
+    from cpfd.evaluate import references
     from cpfd.evaluate.references import privileged_fill, privileged_matrix, reference_logits, student_matrix
+    from cpfd.train import teacher_kinds
 
     _, data, cfg, fabric = fitted
     linear = cfg.model_copy(deep=True)
     linear.teacher = linear.teacher.model_copy(update={"kind": "logreg", "calibration_share": 0.0})
-    fit_teacher(data, linear, tmp_path / "logreg", fabric)
-    targets = teacher_targets(tmp_path / "logreg", data)
     x = np.concatenate([student_matrix(data), privileged_matrix(data, privileged_fill(data, data.indices("train")))],
                        axis=1)
     expected = reference_logits(data, x)
-    for task in data.tasks:
-        assert torch.allclose(targets.logits[task.name], expected[task.name], atol=1e-4), task.name
+    for chunk in (references.CHUNK_ROWS, 7):
+        monkeypatch.setattr(references, "CHUNK_ROWS", chunk)
+        monkeypatch.setattr(teacher_kinds, "CHUNK_ROWS", chunk)
+        fit_teacher(data, linear, tmp_path / f"logreg_{chunk}", fabric)
+        targets = teacher_targets(tmp_path / f"logreg_{chunk}", data)
+        for task in data.tasks:
+            assert torch.allclose(targets.logits[task.name], expected[task.name], atol=1e-4), (chunk, task.name)
 
 
 def test_auto_teacher_keeps_the_kind_with_the_lower_calibration_log_loss(fitted, tmp_path):
@@ -465,12 +471,20 @@ def test_weight_diagnostics_in_chunks_equal_one_pass(fitted, monkeypatch):
 
 def test_missing_privileged_values_are_filled_from_train_rows_with_indicators():
     """The rule the logreg teacher and the logreg_privileged reference share, by hand: train rows 0 and 1."""
-    from types import SimpleNamespace
-
     from cpfd.evaluate.references import privileged_fill, privileged_matrix
 
     nan = float("nan")
-    data = SimpleNamespace(privileged=torch.tensor([[1.0, nan, nan], [3.0, 4.0, nan], [nan, nan, 5.0]]))
+
+    class Privileged:  # the two things the rule reads of a dataset
+        privileged = torch.tensor([[1.0, nan, nan], [3.0, 4.0, nan], [nan, nan, 5.0]])
+
+        def __len__(self):
+            return len(self.privileged)
+
+        def privileged_rows(self, rows):
+            return self.privileged[rows]
+
+    data = Privileged()
     fill = privileged_fill(data, np.array([0, 1]))
     # column 0: mean 2, complete on train (no indicator); column 1: mean 4, missing on row 0; column 2: all missing.
     assert fill == {"fill": [2.0, 4.0, 0.0], "indicators": [1, 2]}

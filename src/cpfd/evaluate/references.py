@@ -28,11 +28,18 @@ REFERENCES = {
 }
 
 
-def student_matrix(data: PreparedData) -> np.ndarray | None:
-    """Student inputs as one row vector each; None in end-to-end mode (no embeddings to pool)."""
-    inputs = data.student_inputs
-    if "pixels" in inputs or "text_ids" in inputs:
-        return None
+# Rows per read: a teacher of kind logreg/auto reads a big table in pieces of this many rows, so memory follows the
+# labelled rows it fits on, not the table.
+CHUNK_ROWS = 65_536
+
+
+def _row_chunks(data: PreparedData, rows: np.ndarray | None):
+    rows = np.arange(len(data), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+    for start in range(0, max(len(rows), 1), CHUNK_ROWS):
+        yield torch.from_numpy(rows[start:start + CHUNK_ROWS])
+
+
+def _pooled(inputs: dict[str, torch.Tensor]) -> np.ndarray:
     parts = []
     if "features" in inputs:
         parts.append(inputs["features"].numpy())
@@ -45,23 +52,39 @@ def student_matrix(data: PreparedData) -> np.ndarray | None:
     return np.concatenate(parts, axis=1).astype(np.float64)
 
 
+def student_matrix(data: PreparedData, rows: np.ndarray | None = None) -> np.ndarray | None:
+    """Student inputs of ``rows`` (default: every row) as one vector each; None in end-to-end mode (no embeddings
+    to pool)."""
+    if "pixels" in data.student_inputs or "text_ids" in data.student_inputs:
+        return None
+    return np.concatenate([_pooled(data.student_rows(chunk)) for chunk in _row_chunks(data, rows)])
+
+
 def privileged_fill(data: PreparedData, train: np.ndarray) -> dict:
     """How missing privileged values are filled: the train mean of each column (0 when a column is missing on every
     train row), and the columns that get a missing-indicator (those missing on some train row)."""
-    values = data.privileged.numpy()[train].astype(np.float64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # mean of an all-missing column
-        fill = np.nan_to_num(np.nanmean(values, axis=0)) if len(values) else np.zeros(values.shape[1])
-    return {"fill": fill.tolist(), "indicators": np.flatnonzero(np.isnan(values).any(axis=0)).tolist()}
+    width = data.privileged.shape[1]
+    total, count, missing = np.zeros(width), np.zeros(width), np.zeros(width, dtype=bool)
+    for chunk in _row_chunks(data, train):
+        values = data.privileged_rows(chunk).numpy().astype(np.float64)
+        nan = np.isnan(values)
+        total += np.where(nan, 0.0, values).sum(axis=0)
+        count += (~nan).sum(axis=0)
+        missing |= nan.any(axis=0)
+    fill = np.divide(total, count, out=np.zeros(width), where=count > 0)
+    return {"fill": fill.tolist(), "indicators": np.flatnonzero(missing).tolist()}
 
 
-def privileged_matrix(data: PreparedData, fill: dict) -> np.ndarray:
-    """The privileged columns with missing values filled as ``fill`` (:func:`privileged_fill`) says, plus the
-    indicator columns."""
-    values = data.privileged.numpy().astype(np.float64)
-    missing = np.isnan(values)
-    filled = np.where(missing, np.asarray(fill["fill"]), values)
-    return np.concatenate([filled, missing[:, fill["indicators"]].astype(np.float64)], axis=1)
+def privileged_matrix(data: PreparedData, fill: dict, rows: np.ndarray | None = None) -> np.ndarray:
+    """The privileged columns of ``rows`` (default: every row) with missing values filled as ``fill``
+    (:func:`privileged_fill`) says, plus the indicator columns."""
+    parts = []
+    for chunk in _row_chunks(data, rows):
+        values = data.privileged_rows(chunk).numpy().astype(np.float64)
+        missing = np.isnan(values)
+        filled = np.where(missing, np.asarray(fill["fill"]), values)
+        parts.append(np.concatenate([filled, missing[:, fill["indicators"]].astype(np.float64)], axis=1))
+    return np.concatenate(parts)
 
 
 def best_binary(x: np.ndarray, y: np.ndarray, train: np.ndarray, val: np.ndarray) -> LogisticRegression | float:

@@ -38,6 +38,7 @@ from cpfd.data.contract import DatasetError, Problem
 from cpfd.data.prepared import PreparedData
 from cpfd.errors import UsageError
 from cpfd.evaluate.references import (
+    CHUNK_ROWS,
     best_binary,
     best_multiclass,
     privileged_fill,
@@ -121,12 +122,12 @@ def gbdt_outputs(model_file: Path, data: PreparedData) -> tuple[dict[str, torch.
     return logits, torch.cat(list(logits.values()), dim=1)
 
 
-def _linear_inputs(data: PreparedData, saved: dict) -> np.ndarray:
-    """Student vectors + privileged columns filled as at fit time."""
-    x = student_matrix(data)
+def _linear_inputs(data: PreparedData, saved: dict, rows: np.ndarray | None = None) -> np.ndarray:
+    """Student vectors + privileged columns (filled as at fit time) of ``rows`` (default: every row)."""
+    x = student_matrix(data, rows)
     if x is None:
         raise UsageError("teacher.kind=logreg/auto needs precomputed student vectors (not extract.end_to_end)")
-    return np.concatenate([x, privileged_matrix(data, saved)], axis=1) if saved["use_privileged"] else x
+    return np.concatenate([x, privileged_matrix(data, saved, rows)], axis=1) if saved["use_privileged"] else x
 
 
 def fit_logreg(data: PreparedData, cfg: RunConfig, model_file: Path, train_rows: np.ndarray,
@@ -134,16 +135,20 @@ def fit_logreg(data: PreparedData, cfg: RunConfig, model_file: Path, train_rows:
     """Fit the logistic-regression teacher on the labelled rows of ``train_rows`` (C from the reference's grid by
     log-loss on the selection rows) and write its coefficients, scaler and fill values to ``model_file`` (JSON).
     Missing privileged values are filled from every train row (label-free), as in the ``logreg_privileged``
-    reference, so with ``calibration_share = 0`` this teacher is that reference."""
+    reference, so with ``calibration_share = 0`` this teacher is that reference. Only the rows it fits and selects
+    on are read into memory, so on a big table with few labels its memory follows the labels."""
     saved: dict = {"use_privileged": cfg.teacher.use_privileged}
     if cfg.teacher.use_privileged:
         saved |= privileged_fill(data, data.indices("train"))
-    x = _linear_inputs(data, saved)
+    per_task = list(_task_rows(data, train_rows, select_within))
+    needed = np.unique(np.concatenate([np.concatenate([train, val]) for _, train, val in per_task]))
+    x = _linear_inputs(data, saved, needed)
     saved["tasks"] = {}
-    for task, train, val in _task_rows(data, train_rows, select_within):
+    for task, train, val in per_task:
+        train, val = np.searchsorted(needed, train), np.searchsorted(needed, val)  # positions in ``x``
         scaler = StandardScaler().fit(x[train])
         z = scaler.transform(x)
-        y = data.labels[task.name].numpy()
+        y = data.labels[task.name].numpy()[needed]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             if task.kind.per_label or task.n_outputs == 1:
@@ -162,26 +167,30 @@ def fit_logreg(data: PreparedData, cfg: RunConfig, model_file: Path, train_rows:
 
 def logreg_outputs(model_file: Path, data: PreparedData) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Logits of the saved logistic regressions for every row (binary: the decision value; multiclass: the
-    log-probabilities of the classes seen in train, ``MISSING_CLASS_LOGIT`` for the others)."""
+    log-probabilities of the classes seen in train, ``MISSING_CLASS_LOGIT`` for the others), computed
+    ``CHUNK_ROWS`` rows at a time."""
     saved = json.loads(model_file.read_text())
-    x = _linear_inputs(data, saved)
-    logits = {}
-    for task in data.tasks:
-        fitted = saved["tasks"][task.name]
-        z = (x - np.asarray(fitted["mean"])) / np.asarray(fitted["scale"])
-        entries = fitted["models"]
-        if task.kind.per_label or task.n_outputs == 1:
-            out = np.stack([np.full(len(z), e["constant"]) if "constant" in e else z @ np.asarray(e["coef"])
-                            + e["intercept"] for e in entries], axis=1)
-        else:
-            e = entries[0]
-            scores = z @ np.asarray(e["coef"]).T + np.asarray(e["intercept"])
-            if scores.shape[1] == 1:  # two classes seen in train: sklearn keeps one binary column
-                scores = np.concatenate([-scores / 2, scores / 2], axis=1)
-            out = np.full((len(z), task.n_outputs), MISSING_CLASS_LOGIT)
-            out[:, e["classes"]] = scores - np.logaddexp.reduce(scores, axis=1, keepdims=True)
-        logits[task.name] = torch.from_numpy(out.astype(np.float32))
-    return logits, torch.cat(list(logits.values()), dim=1)
+    logits = {t.name: np.empty((len(data), t.n_outputs), dtype=np.float32) for t in data.tasks}
+    for start in range(0, len(data), CHUNK_ROWS):
+        rows = np.arange(start, min(start + CHUNK_ROWS, len(data)))
+        x = _linear_inputs(data, saved, rows)
+        for task in data.tasks:
+            fitted = saved["tasks"][task.name]
+            z = (x - np.asarray(fitted["mean"])) / np.asarray(fitted["scale"])
+            entries = fitted["models"]
+            if task.kind.per_label or task.n_outputs == 1:
+                out = np.stack([np.full(len(z), e["constant"]) if "constant" in e else z @ np.asarray(e["coef"])
+                                + e["intercept"] for e in entries], axis=1)
+            else:
+                e = entries[0]
+                scores = z @ np.asarray(e["coef"]).T + np.asarray(e["intercept"])
+                if scores.shape[1] == 1:  # two classes seen in train: sklearn keeps one binary column
+                    scores = np.concatenate([-scores / 2, scores / 2], axis=1)
+                out = np.full((len(z), task.n_outputs), MISSING_CLASS_LOGIT)
+                out[:, e["classes"]] = scores - np.logaddexp.reduce(scores, axis=1, keepdims=True)
+            logits[task.name][rows] = out
+    tensors = {name: torch.from_numpy(v) for name, v in logits.items()}
+    return tensors, torch.cat(list(tensors.values()), dim=1)
 
 
 def import_outputs(path: str | Path, data: PreparedData, target: Path, id_column: str) -> None:
