@@ -33,7 +33,8 @@ FAST = ["train.epochs=3", "train.min_steps=0", "train.patience_steps=100000", "t
 def fitted(tmp_path_factory):
     root = tmp_path_factory.mktemp("fitted")
     data = load_dataset(make_dataset(root / "ds", n=200, n_unlabelled=100))
-    cfg = load_config(overrides=FAST)
+    # The network's mechanics (determinism, resume, output cache keys, online outputs); `auto` has its own tests.
+    cfg = load_config(overrides=[*FAST, "teacher.kind=neural"])
     fabric = make_fabric(cfg.train)
     fit_teacher(data, cfg, root / "teacher", fabric)
     return root, data, cfg, fabric

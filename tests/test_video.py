@@ -235,6 +235,7 @@ def test_end_to_end_mode_fine_tunes_the_encoders_on_cpu(tmp_path):
     from cpfd.config import load_config
     from cpfd.train.loop import make_fabric
     from cpfd.models.build import build_student, load_student
+    from cpfd.runs import RunFolder
     from cpfd.train.schedule import distill, fit_teacher
 
     folder = _video_dataset(tmp_path / "ds", n=10)
@@ -246,6 +247,9 @@ def test_end_to_end_mode_fine_tunes_the_encoders_on_cpu(tmp_path):
     assert data.student_inputs["text_ids"].shape == (10, 8) and "frames" not in data.student_inputs
     fabric = make_fabric(cfg.train)
     fit_teacher(data, cfg, tmp_path / "teacher", fabric, log=lambda m: None)
+    # The default teacher kind (auto) has no vectors for its regression here: the network is the teacher.
+    choice = json.loads(RunFolder(tmp_path / "teacher").teacher_choice_file.read_text())
+    assert cfg.teacher.kind == "auto" and choice["kind"] == "neural" and "end-to-end" in choice["why"]
     before = {k: v.clone() for k, v in build_student(data, cfg).state_dict().items()}
     metrics = distill(data, cfg, tmp_path / "student", fabric, tmp_path / "teacher", log=lambda m: None)
     assert np.isfinite(metrics["test"]["mean_f1"])

@@ -97,10 +97,12 @@ class ModelConfig(_Strict):
 class TeacherConfig(_Strict):
     """DF-X-VLM-style teacher: the student trunk + a dense-feature tower fused late (``kind: neural``); or
     gradient-boosted trees (``lightgbm``) or a logistic regression (``logreg``) on the student's vectors +
-    privileged columns; or the better of neural and logreg on held-out validation log-loss (``auto``); or your
-    own per-row logits (``file``, with ``outputs_file``). See :mod:`cpfd.train.teacher_kinds`."""
+    privileged columns; or the better of neural and logreg on held-out validation log-loss (``auto``, the default:
+    the network, unless a linear model on the same inputs is better calibrated on rows neither was selected on;
+    the network alone for end-to-end inputs); or your own per-row logits (``file``, with ``outputs_file``). See
+    :mod:`cpfd.train.teacher_kinds`."""
 
-    kind: Literal["neural", "lightgbm", "logreg", "auto", "file"] = "neural"
+    kind: Literal["neural", "lightgbm", "logreg", "auto", "file"] = "auto"
     outputs_file: str | None = Field(None, description="kind=file: parquet of per-row logits keyed by the dataset's "
                                      "id column, one column logits_<task> per task")
     use_privileged: bool = Field(True, description="false gives the self-distillation control teacher")

@@ -52,10 +52,16 @@ def _pooled(inputs: dict[str, torch.Tensor]) -> np.ndarray:
     return np.concatenate(parts, axis=1).astype(np.float64)
 
 
+def has_student_vectors(data: PreparedData) -> bool:
+    """Whether the student's inputs are precomputed vectors a linear model can read (not end-to-end pixels or
+    token ids)."""
+    return "pixels" not in data.student_inputs and "text_ids" not in data.student_inputs
+
+
 def student_matrix(data: PreparedData, rows: np.ndarray | None = None) -> np.ndarray | None:
     """Student inputs of ``rows`` (default: every row) as one vector each; None in end-to-end mode (no embeddings
     to pool)."""
-    if "pixels" in data.student_inputs or "text_ids" in data.student_inputs:
+    if not has_student_vectors(data):
         return None
     return np.concatenate([_pooled(data.student_rows(chunk)) for chunk in _row_chunks(data, rows)])
 

@@ -25,6 +25,7 @@ from cpfd.registry import LOSSES
 from cpfd.distill.task import CachedTeacher, DistillTask, OnlineTeacher
 from cpfd.evaluate.diagnostics import weight_diagnostics
 from cpfd.evaluate.evaluation import evaluate_logits
+from cpfd.evaluate.references import has_student_vectors
 from cpfd.errors import UsageError
 from cpfd.io import atomic_write_json
 from cpfd.models.build import (
@@ -169,12 +170,19 @@ def fit_teacher(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, res
         fit_one = partial(_fit_one_teacher, data=data, cfg=cfg, fabric=fabric, select=select, log=log, resume=resume)
         if kind == "auto":
             network = fit_one("neural", run, labelled, cfg.train.seed, "teacher")
-            fit_one("logreg", run, labelled, cfg.train.seed, "teacher")
+            linear = has_student_vectors(data)
+            if linear:
+                fit_one("logreg", run, labelled, cfg.train.seed, "teacher")
             if fabric.is_global_zero:
-                choice = choose_teacher_kind(run, data, cfg.teacher.calibration_share)
+                if linear:
+                    choice = choose_teacher_kind(run, data, cfg.teacher.calibration_share)
+                    log(f"teacher.kind=auto kept {choice['kind']} (calibration-slice log-loss "
+                        + ", ".join(f"{k} {v:.4f}" for k, v in choice["calibration_nll"].items()) + ")")
+                else:
+                    choice = {"kind": "neural", "why": "end-to-end inputs: no precomputed student vectors for the "
+                              "logistic regression, so the network is the teacher"}
+                    log(f"teacher.kind=auto: {choice['why']}")
                 atomic_write_json(run.teacher_choice_file, choice)
-                log(f"teacher.kind=auto kept {choice['kind']} (calibration-slice log-loss "
-                    + ", ".join(f"{k} {v:.4f}" for k, v in choice["calibration_nll"].items()) + ")")
             fabric.barrier()
             kind = run.teacher_kind
             # The network's training summary (best epoch, validation F1) describes the teacher only if it was kept.
@@ -317,7 +325,8 @@ def distill(data: PreparedData, cfg: RunConfig, run_dir, fabric: Fabric, teacher
         if cfg.distill.teacher_outputs == "online":
             if teacher_run.teacher_kind != "neural":
                 raise UsageError("distill.teacher_outputs=online needs a neural teacher; this one is "
-                                 f"{teacher_run.teacher_kind} (use the cached outputs)")
+                                 f"{teacher_run.teacher_kind} (use the cached outputs, or fit the teacher with "
+                                 "teacher.kind=neural)")
             # Built before seeding, so the student's initialisation and dropout draws match the cached mode.
             frozen = load_teacher(teacher_run, data).to(fabric.device)
             teacher = OnlineTeacher(frozen, targets)

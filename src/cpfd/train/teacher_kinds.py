@@ -7,10 +7,11 @@
 - ``logreg``: logistic regression on the same inputs (privileged missing values as the train mean plus a
   missing-indicator column), standardised, C chosen from a grid on the selection rows' log-loss: the
   ``logreg_privileged`` reference row as a teacher.
-- ``auto``: the neural teacher and the ``logreg`` one are both fitted; the one with the lower log-loss on the
-  calibration slice (validation rows neither was selected on) is kept, and its fold teachers are fitted: a network
-  that has not learnt what a linear model gets from the same inputs does not stay the teacher, as far as those
-  rows can tell (on a few dozen rows the choice is noisy).
+- ``auto`` (the default): the neural teacher and the ``logreg`` one are both fitted; the one with the lower log-loss
+  on the calibration slice (validation rows neither was selected on) is kept, and its fold teachers are fitted: a
+  network that has not learnt what a linear model gets from the same inputs does not stay the teacher, as far as
+  those rows can tell (on a few dozen rows the choice is noisy). End-to-end inputs have no vectors for the
+  regression: there the network is the teacher.
 - ``file``: bring your own teacher outputs: a parquet of per-row logits keyed by the dataset's id column, one
   column ``logits_<task>`` per task (a number for binary, a list of C or L numbers otherwise). It is validated
   against the dataset (ids, shapes, tasks, finite values) and then cached and calibrated like any teacher.
@@ -126,7 +127,7 @@ def _linear_inputs(data: PreparedData, saved: dict, rows: np.ndarray | None = No
     """Student vectors + privileged columns (filled as at fit time) of ``rows`` (default: every row)."""
     x = student_matrix(data, rows)
     if x is None:
-        raise UsageError("teacher.kind=logreg/auto needs precomputed student vectors (not extract.end_to_end)")
+        raise UsageError("teacher.kind=logreg needs precomputed student vectors (not extract.end_to_end)")
     return np.concatenate([x, privileged_matrix(data, saved, rows)], axis=1) if saved["use_privileged"] else x
 
 
