@@ -134,7 +134,8 @@ def history_teacher(history: Path, current: dict[str, Path], out: Path, sets: li
 
     run = out / "history_teacher"
     if not (run / "metrics.json").exists():
-        run_cpfd(["fit-teacher", str(history), "--out", str(run), "--force"], sets)
+        # The recorded runs' teacher: a network trained on history (a --set teacher.kind=... still wins).
+        run_cpfd(["fit-teacher", str(history), "--out", str(run), "--force"], ["teacher.kind=neural", *sets])
     return {name: export_outputs(RunFolder(run), load_dataset(folder), folder.parent / f"teacher_logits_{name}.parquet")
             for name, folder in current.items()}
 
