@@ -4,7 +4,9 @@ Protocol (fixed before looking at test numbers): every candidate arm is compared
 difference of **validation** mean F1 on each benchmark. A candidate is admissible when it is nowhere below PFD by
 more than one paired standard error on validation; among admissible candidates the default is the one with the
 largest mean validation gain over PFD across benchmarks (PFD itself is a candidate with gain 0; ties go to the
-earlier name). Test numbers of every arm are printed afterwards and were not used to choose.
+earlier name). Test numbers of every arm are printed afterwards and were not used to choose. Compare folders run
+with ``--lams`` carry PFD and the configured CPFD at other λ (``pfd_lam0.8``, ``cpfd_lam0.8``), so λ is chosen
+by the same rule.
 
 Benchmarks come as compare folders (their ``results.json``) and, with ``--prior``, as a JSON file of paired
 differences recorded by earlier runs whose folders are gone: ``{"bench": {"arm": {"val": [mean, se], "test":

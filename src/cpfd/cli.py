@@ -293,6 +293,9 @@ def compare(
     oracle_labels: Annotated[Optional[Path], typer.Option(
         help="benchmarks only: a .parquet/.csv with the id column and each task's label column for unlabelled "
              "train rows; adds the oracle_gate control (the ceiling of any weighting). No other arm trains on it")] = None,
+    lams: Annotated[Optional[str], typer.Option(
+        help="comma-separated other values of λ (e.g. 0.3,0.8): adds PFD and the configured CPFD at each "
+             "(pfd_lam<λ>, cpfd_lam<λ>), so λ is compared on validation like any variant")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     epochs: EpochsOpt = None,
@@ -311,6 +314,12 @@ def compare(
     losses = _names(methods)
     for name in losses:
         LOSSES.get(name)
+    try:
+        other_lams = [float(v) for v in _names(lams)]
+    except ValueError:
+        raise typer.BadParameter(f"--lams takes comma-separated numbers, got {lams!r}") from None
+    if any(not 0.0 <= v <= 1.0 for v in other_lams):
+        raise typer.BadParameter(f"--lams values must lie in [0, 1], got {lams!r}")
     data = _load(dataset, on_bad_video, cfg)
     oracle = None
     if oracle_labels is not None:
@@ -320,7 +329,7 @@ def compare(
         _log(f"oracle labels: {oracle.rows} train rows from {oracle_labels} (oracle_gate arm and diagnostics only)")
     opts = CompareOptions(seeds=seeds, oof=oof, normalize=normalize, confidences=extra, methods=losses,
                           feature_kd=FeatureKD(feature_kd).value, labelled_only_arms=labelled_only,
-                          scenario_arms=scenario, oracle=oracle)
+                          scenario_arms=scenario, oracle=oracle, lams=other_lams)
     results = run_compare(data, cfg, out_dir, opts, log=_log)
     _show_report(data, results, CompareFolder(out_dir), write_report)
 

@@ -3,7 +3,8 @@
 Core arms: ``baseline`` (labels only), ``self_distill`` (a teacher *without* privileged features, distilled the
 CPFD way: separates "privileged features helped" from "distillation regularises"), ``pfd``, ``cpfd`` and
 ``teacher`` (upper bound). Options add arms: cross-fitted teacher outputs (``*_oof``), ``cpfd_norm``, other
-confidence functions (``cpfd_<name>``), feature distillation (``cpfd_fkd``). When the dataset has unlabelled rows,
+confidence functions (``cpfd_<name>``), feature distillation (``cpfd_fkd``), PFD and CPFD at other λ
+(``pfd_lam<λ>``, ``cpfd_lam<λ>``). When the dataset has unlabelled rows,
 ``pfd_labelled`` / ``cpfd_labelled`` distil on labelled rows only, so the report shows where the gain comes from.
 ``cpfd`` is the configured recipe (default: per-scenario reliability against the no-privileged (self) teacher,
 which is PFD without a ``group`` column); ``cpfd_true_class`` is the paper's per-row weight beside it. With a
@@ -65,6 +66,7 @@ class CompareOptions:
     labelled_only_arms: bool | None = None  # None: add them when the dataset has unlabelled rows
     scenario_arms: bool | None = None  # None: add them when the dataset has a group column
     oracle: OracleLabels | None = None  # hidden labels: adds the oracle_gate control
+    lams: list[float] = field(default_factory=list)  # other λ: PFD and the configured recipe at each
 
 
 # The control every arm is measured against: uniform weights on the teacher's own targets, whatever the configured
@@ -111,6 +113,11 @@ def plan_arms(data: PreparedData, cfg: RunConfig, opts: CompareOptions) -> list[
     for name in opts.confidences:
         if name not in (cfg.distill.confidence, PAPER_CONFIDENCE):
             arms.append(Arm(f"cpfd_{name}", "privileged", {**main, "confidence": name}, f"CPFD, confidence={name}"))
+    for lam in opts.lams:  # λ is chosen on validation like any variant (bench/choose_default.py)
+        if lam != cfg.distill.lam:
+            arms += [Arm(f"pfd_lam{lam:g}", "privileged", {**VANILLA_PFD, "lam": lam}, f"vanilla PFD at λ = {lam:g}"),
+                     Arm(f"cpfd_lam{lam:g}", "privileged", {**main, "lam": lam},
+                         f"CPFD, confidence={cfg.distill.confidence}, at λ = {lam:g}")]
     if opts.feature_kd != "none":
         arms.append(Arm("cpfd_fkd", "privileged", {**main, "feature_kd": opts.feature_kd},
                         f"CPFD + {opts.feature_kd} feature distillation"))
