@@ -194,5 +194,5 @@ def generate(folder: str | Path, n_labelled: int = 300, n_unlabelled: int = 300,
 # The teacher is the network: the headroom design was measured with one (bench/RESULTS.md), and on a few hundred
 # history rows `auto`'s choice would rest on a calibration slice of a few dozen clips.
 DEMO_SETTINGS = ["teacher.kind=neural", "extract.sampling.num_frames=4", "extract.sampling.size=112",
-                 "extract.workers=1", "extract.max_tokens=16", "train.batch_size=64", "train.epochs=30", "train.min_steps=200",
-                 "train.patience_steps=60"]
+                 "extract.workers=1", "extract.max_tokens=16", "train.batch_size=64", "train.epochs=30",
+                 "train.min_steps=200", "train.patience_steps=60"]
