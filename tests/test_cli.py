@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -88,6 +89,31 @@ def test_compare_writes_report_results_and_plots(tmp_path):
     report = (out / "report.md").read_text()
     assert "| cpfd |" in report and "gap closed" in report and "CPFD vs PFD" in report and "feed" in report
     assert "mean F1" in result.output
+
+
+def test_compare_resume_keeps_finished_runs_and_trains_the_rest(tmp_path):
+    ds = make_dataset(tmp_path / "ds", n=160)
+    out = tmp_path / "cmp"
+    args = ["compare", str(ds), "--out", str(out), "--seeds", "1", "--epochs", "2", "--no-scenario", *FAST]
+    assert runner.invoke(app, args).exit_code == 0
+    seed = out / "seed_0"
+    finished = {p.parent.name: p.stat().st_mtime_ns for p in seed.glob("*/metrics.json")}
+    pfd_before = json.loads((seed / "pfd" / "metrics.json").read_text())["test"]["mean_f1"]
+    (seed / "pfd" / "metrics.json").unlink()  # as if the job was killed while training this arm
+
+    result = runner.invoke(app, [*args, "--resume"])
+    assert result.exit_code == 0, result.output
+    kept = re.findall(r"\] (?:arm \d+ of \d+: )?([^:\n]+): kept, finished before", result.output)
+    assert kept == ["teacher (privileged)", "teacher (self)", "baseline", "self_distill", "cpfd", "cpfd_true_class"]
+    after = {p.parent.name: p.stat().st_mtime_ns for p in seed.glob("*/metrics.json")}
+    retrained = {name for name in after if after[name] != finished.get(name)}
+    assert retrained == {"pfd", "logreg_student", "logreg_privileged"}  # the references are refitted (cheap)
+    assert json.loads((seed / "pfd" / "metrics.json").read_text())["test"]["mean_f1"] == pytest.approx(pfd_before)
+    assert set(json.loads((out / "results.json").read_text())["arms"]) >= {"baseline", "pfd", "cpfd", "teacher"}
+
+    result = runner.invoke(app, [*args, "--resume", "--set", "distill.temperature=3"])
+    assert result.exit_code != 0
+    assert "finished with another config" in result.output and "distill.temperature: 2.0 -> 3.0" in result.output
 
 
 @pytest.mark.slow

@@ -296,6 +296,9 @@ def compare(
     lams: Annotated[Optional[str], typer.Option(
         help="comma-separated other values of λ (e.g. 0.3,0.8): adds PFD and the configured CPFD at each "
              "(pfd_lam<λ>, cpfd_lam<λ>), so λ is compared on validation like any variant")] = None,
+    resume: Annotated[bool, typer.Option(
+        help="keep the teacher and arm runs an interrupted compare into this --out finished (same data, same "
+             "config; another config is an error) and train the rest")] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     epochs: EpochsOpt = None,
@@ -329,7 +332,7 @@ def compare(
         _log(f"oracle labels: {oracle.rows} train rows from {oracle_labels} (oracle_gate arm and diagnostics only)")
     opts = CompareOptions(seeds=seeds, oof=oof, normalize=normalize, confidences=extra, methods=losses,
                           feature_kd=FeatureKD(feature_kd).value, labelled_only_arms=labelled_only,
-                          scenario_arms=scenario, oracle=oracle, lams=other_lams)
+                          scenario_arms=scenario, oracle=oracle, lams=other_lams, resume=resume)
     results = run_compare(data, cfg, out_dir, opts, log=_log)
     _show_report(data, results, CompareFolder(out_dir), write_report)
 

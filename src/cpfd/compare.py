@@ -14,7 +14,8 @@ labels reach no other arm's training (only the weight diagnostics, which are eva
 
 Each arm's run folder records the arm (name, teacher, description) in its ``run.json`` and its own resolved
 config; :func:`collect` builds ``results.json`` from those folders alone, so ``cpfd compare`` and ``cpfd report``
-(seeds run by separate processes into one folder) produce the same file. Every comparison is a paired-seed
+(seeds run by separate processes into one folder) produce the same file. ``--resume`` keeps the runs an
+interrupted compare finished (same data, same config) and trains the rest, so a killed job loses one run at most. Every comparison is a paired-seed
 difference with its standard error, and a verdict is printed only at ≥ 2 s.e. with ≥ 3 seeds.
 """
 
@@ -29,7 +30,7 @@ import numpy as np
 from cpfd.config import RunConfig
 from cpfd.data.oracle import OracleLabels
 from cpfd.data.prepared import PreparedData
-from cpfd.errors import CpfdError
+from cpfd.errors import CpfdError, UsageError
 from cpfd.evaluate import plots
 from cpfd.evaluate.metrics import gap_closed
 from cpfd.evaluate.references import reference_metrics
@@ -39,7 +40,7 @@ from cpfd.io import atomic_write_json
 from cpfd.registry import LOSSES
 from cpfd.runs import CompareFolder, RunFolder
 from cpfd.train.loop import make_fabric
-from cpfd.train.schedule import distill, fit_teacher
+from cpfd.train.schedule import check_same_data, config_changes, distill, fit_teacher
 
 Log = Callable[[str], None]
 MIN_SEEDS_FOR_VERDICT = 3
@@ -67,6 +68,7 @@ class CompareOptions:
     scenario_arms: bool | None = None  # None: add them when the dataset has a group column
     oracle: OracleLabels | None = None  # hidden labels: adds the oracle_gate control
     lams: list[float] = field(default_factory=list)  # other λ: PFD and the configured recipe at each
+    resume: bool = False  # keep the runs an interrupted compare finished; run the rest
 
 
 # The control every arm is measured against: uniform weights on the teacher's own targets, whatever the configured
@@ -140,6 +142,7 @@ def run_compare(data: PreparedData, cfg: RunConfig, out_dir: str | Path, opts: C
         base = cfg.model_copy(deep=True)
         base.train.seed = seed
         teachers: dict[str, Path] = {}
+        teachers_kept = True
         for kind in sorted({a.teacher for a in arms if a.teacher} | {"privileged", "self"}):
             t_cfg = base.model_copy(deep=True)
             t_cfg.teacher.use_privileged = kind != "self"
@@ -148,16 +151,25 @@ def run_compare(data: PreparedData, cfg: RunConfig, out_dir: str | Path, opts: C
                 t_cfg.teacher.kind = "neural"
             t_cfg.teacher.oof_folds = max(cfg.teacher.oof_folds, 5) if kind == "oof" else 0
             teachers[kind] = folder.teacher(seed, kind).path
-            log(f"[seed {seed}, {s + 1} of {opts.seeds}] teacher ({kind})")
             extra = {"arm": asdict(teacher_arm)} if kind == "privileged" else {"teacher_kind": kind}
+            if opts.resume and keep_finished(folder.teacher(seed, kind), t_cfg, data, extra, fabric):
+                log(f"[seed {seed}, {s + 1} of {opts.seeds}] teacher ({kind}): kept, finished before")
+                continue
+            teachers_kept = False
+            log(f"[seed {seed}, {s + 1} of {opts.seeds}] teacher ({kind})")
             fit_teacher(data, t_cfg, teachers[kind], fabric, log=log, extra=extra)
         for arm in arms:
             if arm.name == "teacher":
                 continue
             a_cfg = base.model_copy(deep=True)
             a_cfg.distill = a_cfg.distill.model_copy(update=arm.overrides)
-            log(f"[seed {seed}, {s + 1} of {opts.seeds}] arm {arm.order + 1} of {len(arms) - 1}: {arm.name}: "
-                f"{arm.description}")
+            step = f"[seed {seed}, {s + 1} of {opts.seeds}] arm {arm.order + 1} of {len(arms) - 1}: {arm.name}"
+            # An arm is kept only beside the teachers it was distilled from.
+            if opts.resume and teachers_kept and keep_finished(folder.arm(seed, arm.name), a_cfg, data,
+                                                               {"arm": asdict(arm)}, fabric):
+                log(f"{step}: kept, finished before")
+                continue
+            log(f"{step}: {arm.description}")
             distill(data, a_cfg, folder.arm(seed, arm.name).path, fabric, teachers.get(arm.teacher), log=log,
                     extra={"arm": asdict(arm)}, reference_dir=teachers["self"], oracle=opts.oracle)
         # Deterministic given the data: fitted once, recorded beside every seed so each seed folder is complete.
@@ -167,6 +179,23 @@ def run_compare(data: PreparedData, cfg: RunConfig, out_dir: str | Path, opts: C
     results = collect(data, folder, seeds=[cfg.train.seed + s for s in range(opts.seeds)])
     atomic_write_json(folder.results_file, results)
     return results
+
+
+def keep_finished(run: RunFolder, cfg: RunConfig, data: PreparedData, extra: dict, fabric) -> bool:
+    """``--resume``: True when ``run`` finished (wrote its metrics) on this data with this config, so it is kept
+    (its ``run.json`` takes this comparison's arm entry). An unfinished run is trained again from its start. A
+    finished run of other data or another config is an error, never mixed into one comparison."""
+    done = run.metrics_file.exists()
+    if done:  # every rank reads the same files, so every rank takes the same branch
+        check_same_data(run, data)
+        changed = config_changes(run.config, cfg, {"train.progress"})
+        if changed:
+            raise UsageError(f"--resume: {run.path} finished with another config ({', '.join(changed[:5])}); "
+                             "compare into a new --out folder, or drop --resume to train every run again")
+        if fabric.is_global_zero:
+            atomic_write_json(run.run_file, run.info | extra)
+    fabric.barrier()
+    return done
 
 
 def write_reference(run: RunFolder, data: PreparedData, arm: Arm, metrics: dict) -> None:

@@ -97,19 +97,28 @@ def check_destination(run: RunFolder, role: str, force: bool = False) -> None:
                          "folder (or --force to write into it)")
 
 
+def config_changes(before: RunConfig, now: RunConfig, ignore: frozenset[str] | set[str] = frozenset()) -> list[str]:
+    """``"key: old -> new"`` for every setting (dotted key) that differs, except those in ``ignore``."""
+    old, new = _flatten(before.model_dump(mode="json")), _flatten(now.model_dump(mode="json"))
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+            for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k) and k not in ignore]
+
+
+def check_same_data(run: RunFolder, data: PreparedData, flag: str = "--resume") -> None:
+    if run.info.get("fingerprint") != data.fingerprint:
+        raise UsageError(f"{flag}: {run.path} was trained on another dataset or another version of it "
+                         f"(fingerprint {str(run.info.get('fingerprint'))[:12]} != {data.fingerprint[:12]})")
+
+
 def check_resume(run: RunFolder, cfg: RunConfig, data: PreparedData) -> None:
     """``--resume`` continues the same run: the same dataset and the same config (more epochs are allowed)."""
     if not run.run_file.exists():
         return
-    if run.info.get("fingerprint") != data.fingerprint:
-        raise UsageError(f"--resume: {run.path} was trained on another dataset or another version of it "
-                         f"(fingerprint {str(run.info.get('fingerprint'))[:12]} != {data.fingerprint[:12]})")
-    before, now = _flatten(run.config.model_dump(mode="json")), _flatten(cfg.model_dump(mode="json"))
-    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
+    check_same_data(run, data)
+    changed = config_changes(run.config, cfg, RESUMABLE_CHANGES)
     if changed:
-        diffs = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
-        raise UsageError(f"--resume: the config differs from the run's own ({diffs}); resume with the same config "
-                         "or start a new run folder")
+        raise UsageError(f"--resume: the config differs from the run's own ({', '.join(changed[:5])}); resume with "
+                         "the same config or start a new run folder")
 
 
 def linear_start(model, data: PreparedData, cfg: RunConfig, rows: np.ndarray, select: np.ndarray | None,
