@@ -70,17 +70,17 @@ def test_compare_writes_report_results_and_plots(tmp_path):
     ds = make_dataset(tmp_path / "ds", n=160, n_unlabelled=80)
     out = tmp_path / "cmp"
     result = runner.invoke(app, ["compare", str(ds), "--out", str(out), "--seeds", "2", "--epochs", "2", "--normalize",
-                                 "--lams", "0.8,0.5", *FAST])
+                                 "--lams", "0.5,0.8", *FAST])
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
     arms = set(results["arms"])
     references = {"logreg_student", "logreg_privileged"}
     assert {"baseline", "self_distill", "pfd", "cpfd", "cpfd_true_class", "teacher", "pfd_labelled",
             "cpfd_labelled", "cpfd_norm", "pfd_scenario_temp",
-            "pfd_lam0.8", "cpfd_lam0.8"} == arms - references  # a group column; λ = 0.5 is the configured one
-    lam = {arm: results["arms"][arm]["distill_config"] for arm in ("pfd", "cpfd", "pfd_lam0.8", "cpfd_lam0.8")}
-    assert [c["lam"] for c in lam.values()] == [0.5, 0.5, 0.8, 0.8]
-    assert lam["cpfd_lam0.8"]["confidence"] == lam["cpfd"]["confidence"] and lam["pfd_lam0.8"]["method"] == "pfd"
+            "pfd_lam0.5", "cpfd_lam0.5"} == arms - references  # a group column; λ = 0.8 is the configured one
+    lam = {arm: results["arms"][arm]["distill_config"] for arm in ("pfd", "cpfd", "pfd_lam0.5", "cpfd_lam0.5")}
+    assert [c["lam"] for c in lam.values()] == [0.8, 0.8, 0.5, 0.5]
+    assert lam["cpfd_lam0.5"]["confidence"] == lam["cpfd"]["confidence"] and lam["pfd_lam0.5"]["method"] == "pfd"
     assert references <= arms and results["arms"]["teacher"]["vs_reference"]["reference"] == "logreg_privileged"
     assert results["arms"]["baseline"]["vs_reference"]["reference"] == "logreg_student"
     assert len(results["arms"]["cpfd"]["mean_f1"]["values"]) == 2

@@ -350,7 +350,7 @@ def test_resume_refuses_another_dataset_or_config_and_restores_from_one_file(fit
     distill(data, cfg, tmp_path / "run", fabric, root / "teacher")
     other = cfg.model_copy(deep=True)
     other.distill.lam = 0.9
-    with pytest.raises(UsageError, match=r"distill.lam: 0.5 -> 0.9"):
+    with pytest.raises(UsageError, match=r"distill.lam: 0.8 -> 0.9"):
         distill(data, other, tmp_path / "run", fabric, root / "teacher", resume=True)
     changed = load_dataset(make_dataset(tmp_path / "ds2", n=200, n_unlabelled=100, seed=5))
     with pytest.raises(UsageError, match="another dataset"):

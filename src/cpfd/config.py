@@ -138,7 +138,8 @@ class DistillConfig(_Strict):
     """L = (1-λ)·CE(y, s) + λ·w_i·τ²·KD(t/τ, s/τ); see docs/method.md."""
 
     method: str = Field("cpfd", description="name in the loss registry: none (baseline), pfd, cpfd, or a plugin's")
-    lam: float = Field(0.5, ge=0.0, le=1.0, description="λ, weight of the imitation term")
+    lam: float = Field(0.8, ge=0.0, le=1.0, description="λ, weight of the imitation term; 0.8 was chosen with the "
+                       "default confidence on validation across benchmarks (bench/RESULTS.md)")
     temperature: float = Field(2.0, gt=0.0, description="τ")
     confidence: str = Field("scenario_reliability", description="name in the confidence registry; the default, "
                             "chosen on validation across benchmarks (bench/RESULTS.md), weights each business "
