@@ -15,8 +15,9 @@ labels reach no other arm's training (only the weight diagnostics, which are eva
 Each arm's run folder records the arm (name, teacher, description) in its ``run.json`` and its own resolved
 config; :func:`collect` builds ``results.json`` from those folders alone, so ``cpfd compare`` and ``cpfd report``
 (seeds run by separate processes into one folder) produce the same file. ``--resume`` keeps the runs an
-interrupted compare finished (same data, same config) and trains the rest, so a killed job loses one run at most. Every comparison is a paired-seed
-difference with its standard error, and a verdict is printed only at ≥ 2 s.e. with ≥ 3 seeds.
+interrupted compare finished (same data, same config) and trains the rest, so a killed job loses one run at most.
+Every comparison is a paired-seed difference with its standard error, and a verdict is printed only at ≥ 2 s.e.
+with ≥ 3 seeds.
 """
 
 from __future__ import annotations
