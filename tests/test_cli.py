@@ -50,6 +50,10 @@ def test_bad_config_value_is_a_clear_error(tmp_path):
     for lams in ("0.8,high", "1.5"):
         result = runner.invoke(app, ["compare", str(ds), "--lams", lams, "--out", str(tmp_path / "c")])
         assert result.exit_code == 2 and "--lams" in result.output and not (tmp_path / "c").exists()
+    for spec, says in (("cpfd_se0", "expected NAME:key=value"), ("x:lam=3", "lam"), ("x:nope=1", "nope"),
+                       ("x y:lam=0.5", "expected NAME"), ("pfd:lam=0.5", "arm names used twice: pfd")):
+        result = runner.invoke(app, ["compare", str(ds), "--variant", spec, "--out", str(tmp_path / "c")])
+        assert result.exit_code == 2 and says in result.output, (spec, result.output)
 
 
 def test_fit_teacher_distill_evaluate(tmp_path):
@@ -70,14 +74,16 @@ def test_compare_writes_report_results_and_plots(tmp_path):
     ds = make_dataset(tmp_path / "ds", n=160, n_unlabelled=80)
     out = tmp_path / "cmp"
     result = runner.invoke(app, ["compare", str(ds), "--out", str(out), "--seeds", "2", "--epochs", "2", "--normalize",
-                                 "--lams", "0.5,0.8", *FAST])
+                                 "--lams", "0.5,0.8", "--variant", "cpfd_se0:reliability_se=0,floor=0.1", *FAST])
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
     arms = set(results["arms"])
     references = {"logreg_student", "logreg_privileged"}
     assert {"baseline", "self_distill", "pfd", "cpfd", "cpfd_true_class", "teacher", "pfd_labelled",
             "cpfd_labelled", "cpfd_norm", "pfd_scenario_temp",
-            "pfd_lam0.5", "cpfd_lam0.5"} == arms - references  # a group column; λ = 0.8 is the configured one
+            "pfd_lam0.5", "cpfd_lam0.5", "cpfd_se0"} == arms - references  # a group column; λ 0.8 is configured
+    variant = results["arms"]["cpfd_se0"]["distill_config"]
+    assert (variant["method"], variant["reliability_se"], variant["floor"], variant["lam"]) == ("cpfd", 0, 0.1, 0.8)
     lam = {arm: results["arms"][arm]["distill_config"] for arm in ("pfd", "cpfd", "pfd_lam0.5", "cpfd_lam0.5")}
     assert [c["lam"] for c in lam.values()] == [0.8, 0.8, 0.5, 0.5]
     assert lam["cpfd_lam0.5"]["confidence"] == lam["cpfd"]["confidence"] and lam["pfd_lam0.5"]["method"] == "pfd"

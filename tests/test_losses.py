@@ -56,13 +56,14 @@ def test_margin_values():
     assert close(f(*BIN), [0.6, 0.4]) and close(f(*MC), [0.5]) and close(f(*ML), [[0.8, 0.2]])
 
 
-def _binary_scenario_case(min_group_rows: int):
+def _binary_scenario_case(min_group_rows: int, shortfall_se: float = 0.0, last_row: tuple = (0.5, 0.5)):
     # rows: 0, 1 train; 2-5 validation. Scenario a: teacher beats the reference; b: it is worse.
-    teacher = torch.tensor([0.9, 0.2, 0.8, 0.3, 0.4, 0.5])
-    reference = torch.tensor([0.7, 0.4, 0.6, 0.4, 0.8, 0.5])
+    teacher = torch.tensor([0.9, 0.2, 0.8, 0.3, 0.4, last_row[0]])
+    reference = torch.tensor([0.7, 0.4, 0.6, 0.4, 0.8, last_row[1]])
     labels = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 1.0])
     context = TaskContext(split=np.array(["train", "train", "val", "val", "val", "val"]),
-                          groups=np.array(list("abaabb")), reference_probs=reference, min_group_rows=min_group_rows)
+                          groups=np.array(list("abaabb")), reference_probs=reference, min_group_rows=min_group_rows,
+                          shortfall_se=shortfall_se)
     return CONFIDENCES.get("scenario_reliability")(teacher, labels, torch.ones(6, dtype=torch.bool), "binary",
                                                    context=context)
 
@@ -73,6 +74,17 @@ def test_scenario_reliability_values():
     c = _binary_scenario_case(min_group_rows=2)
     a, b = 1.171573, 0.828427
     assert torch.allclose(c, torch.tensor([a, b, a, a, b, b]), atol=1e-5)
+
+
+def test_scenario_reliability_weights_down_only_a_shortfall_beyond_noise():
+    # b's gains ln .5 and 0: mean -.346574, s.d. .490129, s.e. .346574; at z = 2 the bound is +.346574 > 0, so
+    # c_b = 1 and every weight is 1 (PFD): the shortfall is within noise.
+    assert torch.allclose(_binary_scenario_case(min_group_rows=2, shortfall_se=2.0), torch.ones(6), atol=1e-6)
+    # b's gains ln .5 (.4/.8) and ln .25 (.2/.8): mean -1.039721, s.e. .346574. z = 2: bound -.346574,
+    # c_b = .707107 -> a 1.171573, b .828427; z = 1: bound -.693147, c_b = .5 -> a 1.333333, b .666667.
+    for z, (a, b) in ((2.0, (1.171573, 0.828427)), (1.0, (4 / 3, 2 / 3))):
+        c = _binary_scenario_case(min_group_rows=2, shortfall_se=z, last_row=(0.2, 0.8))
+        assert torch.allclose(c, torch.tensor([a, b, a, a, b, b]), atol=1e-5), z
 
 
 def test_scenario_reliability_falls_back_to_one_global_weight_for_small_scenarios():

@@ -296,6 +296,9 @@ def compare(
     lams: Annotated[Optional[str], typer.Option(
         help="comma-separated other values of λ (e.g. 0.3,0.8): adds PFD and the configured CPFD at each "
              "(pfd_lam<λ>, cpfd_lam<λ>), so λ is compared on validation like any variant")] = None,
+    variant: Annotated[Optional[list[str]], typer.Option(
+        help="an extra arm: NAME:key=value[,key=value] with distill settings over the configured recipe "
+             "(e.g. cpfd_se0:reliability_se=0); repeat for more")] = None,
     resume: Annotated[bool, typer.Option(
         help="keep the teacher and arm runs an interrupted compare into this --out finished (same data, same "
              "config; another config is an error) and train the rest")] = False,
@@ -305,7 +308,7 @@ def compare(
     on_bad_video: BadVideoOpt = BadMedia.fail,
 ) -> None:
     """Run the honest ablation: baseline, self-distillation control, PFD, CPFD, teacher (+ options) over seeds."""
-    from cpfd.compare import CompareOptions, run_compare, write_report
+    from cpfd.compare import CompareOptions, parse_variant, run_compare, write_report
     from cpfd.registry import CONFIDENCES, LOSSES
     from cpfd.runs import CompareFolder
 
@@ -323,6 +326,7 @@ def compare(
         raise typer.BadParameter(f"--lams takes comma-separated numbers, got {lams!r}") from None
     if any(not 0.0 <= v <= 1.0 for v in other_lams):
         raise typer.BadParameter(f"--lams values must lie in [0, 1], got {lams!r}")
+    variants = dict(parse_variant(spec, cfg) for spec in variant or [])
     data = _load(dataset, on_bad_video, cfg)
     oracle = None
     if oracle_labels is not None:
@@ -332,7 +336,8 @@ def compare(
         _log(f"oracle labels: {oracle.rows} train rows from {oracle_labels} (oracle_gate arm and diagnostics only)")
     opts = CompareOptions(seeds=seeds, oof=oof, normalize=normalize, confidences=extra, methods=losses,
                           feature_kd=FeatureKD(feature_kd).value, labelled_only_arms=labelled_only,
-                          scenario_arms=scenario, oracle=oracle, lams=other_lams, resume=resume)
+                          scenario_arms=scenario, oracle=oracle, lams=other_lams, variants=variants,
+                          resume=resume)
     results = run_compare(data, cfg, out_dir, opts, log=_log)
     _show_report(data, results, CompareFolder(out_dir), write_report)
 
@@ -513,7 +518,7 @@ def demo(
     # The default recipe is already scenario-aware; the variant arms (labelled-only, per-scenario temperature) are
     # left to `cpfd compare` so that the demo stays within 5 minutes on 2 cores.
     compare(data_dir, out_dir=out_dir / "compare", seeds=seeds, oof=False, normalize=False, confidences=None,
-            feature_kd=FeatureKD.none, labelled_only=False, scenario=False, config=config,
+            feature_kd=FeatureKD.none, labelled_only=False, scenario=False, variant=None, config=config,
             set_=[*settings, "teacher.kind=file", f"teacher.outputs_file={outputs}"], epochs=None,
             on_bad_video=BadMedia.fail)
     console.print(f"go on with the demo's settings (its store and embeddings are reused, nothing is encoded "

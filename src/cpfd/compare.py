@@ -28,13 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
-from cpfd.config import RunConfig
+from pydantic import ValidationError
+
+from cpfd.config import ConfigError, DistillConfig, RunConfig, apply_overrides
 from cpfd.data.oracle import OracleLabels
 from cpfd.data.prepared import PreparedData
 from cpfd.errors import CpfdError, UsageError
 from cpfd.evaluate import plots
 from cpfd.evaluate.metrics import gap_closed
-from cpfd.evaluate.references import reference_metrics
+from cpfd.evaluate.references import REFERENCES, reference_metrics
 from cpfd.evaluate.report import markdown_report
 from cpfd.distill.targets import load_targets
 from cpfd.io import atomic_write_json
@@ -69,6 +71,7 @@ class CompareOptions:
     scenario_arms: bool | None = None  # None: add them when the dataset has a group column
     oracle: OracleLabels | None = None  # hidden labels: adds the oracle_gate control
     lams: list[float] = field(default_factory=list)  # other λ: PFD and the configured recipe at each
+    variants: dict[str, dict] = field(default_factory=dict)  # arm name -> distill settings over the configured recipe
     resume: bool = False  # keep the runs an interrupted compare finished; run the rest
 
 
@@ -121,13 +124,36 @@ def plan_arms(data: PreparedData, cfg: RunConfig, opts: CompareOptions) -> list[
             arms += [Arm(f"pfd_lam{lam:g}", "privileged", {**VANILLA_PFD, "lam": lam}, f"vanilla PFD at λ = {lam:g}"),
                      Arm(f"cpfd_lam{lam:g}", "privileged", {**main, "lam": lam},
                          f"CPFD, confidence={cfg.distill.confidence}, at λ = {lam:g}")]
+    for name, overrides in opts.variants.items():
+        recipe = {**main, **overrides}
+        source = "privileged" if LOSSES.get(recipe["method"]).distils else None
+        arms.append(Arm(name, source, recipe, "variant: " + ", ".join(f"{k}={v}" for k, v in overrides.items())))
     if opts.feature_kd != "none":
         arms.append(Arm("cpfd_fkd", "privileged", {**main, "feature_kd": opts.feature_kd},
                         f"CPFD + {opts.feature_kd} feature distillation"))
     arms.append(Arm("teacher", None, {}, "teacher with privileged features (upper bound)"))
+    names = [a.name for a in arms] + list(REFERENCES)
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        raise UsageError(f"arm names used twice: {', '.join(clashes)} (rename the --variant)")
     for k, arm in enumerate(arms):
         arm.order = k
     return arms
+
+
+def parse_variant(spec: str, cfg: RunConfig) -> tuple[str, dict]:
+    """``NAME:key=value,key=value`` -> (arm name, distill settings), checked against the distill schema."""
+    name, sep, settings = spec.partition(":")
+    name = name.strip()
+    if not sep or not name.replace("_", "").replace(".", "").isalnum() or not settings.strip():
+        raise UsageError(f"--variant {spec!r}: expected NAME:key=value[,key=value] with NAME of letters, digits, _ "
+                         "and . (e.g. cpfd_se0:reliability_se=0)")
+    try:
+        raw = apply_overrides({}, [item.strip() for item in settings.split(",") if item.strip()])
+        DistillConfig.model_validate({**cfg.distill.model_dump(), **raw})
+    except (ConfigError, ValidationError) as err:
+        raise UsageError(f"--variant {spec!r}: not valid distill settings: {err}") from None
+    return name, raw
 
 
 def run_compare(data: PreparedData, cfg: RunConfig, out_dir: str | Path, opts: CompareOptions,

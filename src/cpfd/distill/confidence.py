@@ -94,14 +94,18 @@ def _log_gain(kind, probs: Tensor, reference_probs: Tensor, labels: Tensor) -> T
 def scenario_reliability(probs: Tensor, labels: Tensor, label_mask: Tensor, task_type, context: TaskContext) -> Tensor:
     r"""Per-scenario reliability of the teacher relative to a no-privileged reference, one weight per scenario.
 
-    On the labelled validation rows of scenario g, with :math:`\ell` the mean negative log-likelihood of the true
-    class, :math:`c_g = \min\bigl(1, \exp(\ell^{ref}_g - \ell^{t}_g)\bigr)`: 1 where the teacher is at least as
-    good as the reference (its privileged features help or are neutral), the likelihood ratio where it is worse
-    (stale or misleading privileged features). Scenarios with fewer than ``context.min_group_rows`` validation
-    rows use the same formula over all validation rows; without a ``group`` column every weight is 1 (PFD) and no
-    reference is needed. The weights are
-    then divided by their mean over train rows, so the average distillation strength stays λ
-    (:math:`\lambda_g = \lambda\, c_g / \bar c`); unlike the other confidences, values can exceed 1.
+    On the labelled validation rows of scenario g, with :math:`x_i = \log p^t_{i,y_i} - \log p^{ref}_{i,y_i}` the
+    teacher's log-likelihood gain over the reference, :math:`\bar x_g` its mean over the :math:`n_g` rows and
+    :math:`s_g` their standard deviation, :math:`c_g = \min\bigl(1, \exp(\bar x_g + z\, s_g/\sqrt{n_g})\bigr)`
+    with :math:`z` = ``context.shortfall_se`` (``distill.reliability_se``, 2 by default): 1 where the teacher is
+    at least as good as the reference (its privileged features help or are neutral) or trails it within noise,
+    the likelihood ratio's upper confidence bound where it is worse beyond noise (stale or misleading privileged
+    features). Where no scenario is unreliable beyond noise every weight is 1, so the recipe *is* PFD on an
+    in-distribution teacher instead of re-weighting scenarios by noise. Scenarios with fewer than
+    ``context.min_group_rows`` validation rows use the same formula over all validation rows; without a
+    ``group`` column every weight is 1 (PFD) and no reference is needed. The weights are then divided by their
+    mean over train rows, so the average distillation strength stays λ (:math:`\lambda_g = \lambda\, c_g /
+    \bar c`); unlike the other confidences, values can exceed 1.
     Weighting by scenario re-weights scenarios against each other and leaves the optimum inside each untouched.
     References: Lukasik et al., *Teacher's pet: understanding and mitigating biases in distillation*, TMLR 2022;
     Iliopoulos et al., *Weighted distillation with unlabeled examples*, NeurIPS 2022.
@@ -118,7 +122,9 @@ def scenario_reliability(probs: Tensor, labels: Tensor, label_mask: Tensor, task
     def reliability(rows: Tensor) -> Tensor:
         n = rows.sum(0)
         mean_gain = torch.where(rows, gain, 0.0).sum(0) / n.clamp_min(1)
-        return torch.where(n > 0, mean_gain.exp().clamp(max=1.0), torch.ones_like(mean_gain))
+        spread = torch.where(rows, (gain - mean_gain) ** 2, 0.0).sum(0) / (n - 1).clamp_min(1)
+        upper = mean_gain + context.shortfall_se * (spread / n.clamp_min(1)).sqrt()
+        return torch.where(n > 0, upper.exp().clamp(max=1.0), torch.ones_like(mean_gain))
 
     c = reliability(val).expand_as(gain).clone()
     if context.groups is not None:

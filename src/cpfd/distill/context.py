@@ -24,6 +24,7 @@ class TaskContext:
     oracle_mask: Tensor | None = None
     fold_probs: Tensor | None = None  # (K, rows, ...) calibrated probabilities of K cross-fitted fold teachers
     min_group_rows: int = 30  # fewer labelled validation rows than this: a scenario uses the global estimate
+    shortfall_se: float = 2.0  # a scenario's reliability drops only below 0 gain by more than this many s.e.
 
 
 def takes_context(fn) -> bool:
