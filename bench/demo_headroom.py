@@ -15,8 +15,8 @@ Two teachers:
   design of ``bench/stale_history.py``). Only its calibration sees current rows.
 
     python bench/demo_headroom.py --labelled 600 --unlabelled 300 --seeds 3          # the demo's size
-    python bench/demo_headroom.py --labelled 900 --unlabelled 2400 --seeds 5 --set distill.lam=0.8   # RESULTS.md
-    python bench/demo_headroom.py --labelled 900 --unlabelled 2400 --teacher history --set distill.lam=0.8
+    python bench/demo_headroom.py --labelled 900 --unlabelled 2400 --seeds 5          # λ = 0.8, the default since
+    python bench/demo_headroom.py --labelled 900 --unlabelled 2400 --teacher history  # the fifteenth session
 
 The labelled clips are split like the demo's (``DEMO_SHARES``, 30/35/35) unless ``--shares`` says otherwise.
 Outputs: ``bench/out/demo_headroom<tag>/{drifted,control}/`` (data and compare folders) and ``summary.json``;
