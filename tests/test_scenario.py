@@ -59,8 +59,15 @@ def test_oracle_labels_reach_no_arm_but_the_oracle_gate(tmp_path):
     pfd_oracle = with_oracle["per_seed"]["pfd"]["0"]["weights"]["spam"]
     assert pfd_oracle["rows_judged"] == pfd_plain["rows_judged"] + UNLABELLED
     assert pfd_plain["kd_mass_teacher_wrong"] == pytest.approx(pfd_plain["teacher_error_rate"])
+    # Per-scenario weights: PFD's are 1 in each; the scenario weight is one value per scenario, its train mean 1.
+    assert pfd_plain["mean_weight_by_group"] == {"feed": 1.0, "search": 1.0}
+    cpfd = plain["per_seed"]["cpfd"]["0"]["weights"]["spam"]
+    assert set(cpfd["mean_weight_by_group"]) == {"feed", "search"}
+    assert min(cpfd["mean_weight_by_group"].values()) <= cpfd["mean_weight"] <= max(cpfd["mean_weight_by_group"].values())
+    assert plain["arms"]["cpfd"]["weights"]["spam"]["mean_weight_by_group"] == cpfd["mean_weight_by_group"]  # 1 seed
     report = (tmp_path / "oracle" / "report.md").read_text()
     assert "**Oracle gate vs PFD:**" in report and "KD mass on teacher-wrong rows" in report
+    assert "| arm | task | feed | search |" in report and "| pfd | spam | 1.000 | 1.000 |" in report
 
 
 def test_oracle_labels_file_is_checked_against_the_dataset(tmp_path):

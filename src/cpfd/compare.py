@@ -308,6 +308,11 @@ def summarise(data: PreparedData, arms: list[Arm], per_seed: dict[str, dict[int,
                     for k in ("mean_weight", "ess_fraction", "mean_weight_teacher_correct", "mean_weight_teacher_wrong",
                               "kd_mass_teacher_wrong", "teacher_error_rate")}
                 for t in tasks}
+            for t in tasks:
+                by_group = [w[t]["mean_weight_by_group"] for w in weights if "mean_weight_by_group" in w[t]]
+                if by_group:
+                    entry["weights"][t]["mean_weight_by_group"] = {
+                        g: _stats([b.get(g, float("nan")) for b in by_group])["mean"] for g in by_group[0]}
         summary[arm.name] = entry
     seeds = sorted(per_seed["baseline"])
 

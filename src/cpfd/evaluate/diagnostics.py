@@ -56,10 +56,19 @@ def weight_diagnostics(task: DistillTask, data: PreparedData, targets: TeacherTa
     Two streaming passes over chunks of rows (sums, then the histogram once the largest weight is known)."""
     names = [info.name for info in data.tasks]
     sums = {t: dict.fromkeys(("n", "w", "w2", "right", "n_right", "wrong", "n_wrong"), 0.0) for t in names}
+    by_group = {t: {} for t in names}  # scenario -> [sum of w, count]: what a scenario-aware weight did
     top = dict.fromkeys(names, 0.0)
     for idx, weights in _chunks(task, data, targets, rows):
         for info in data.tasks:
             w = weights[info.name]
+            if data.groups is not None:
+                groups = np.asarray(data.groups[idx.numpy()]).astype(str)
+                per_row = w.double().reshape(w.shape[0], -1)
+                for g in np.unique(groups):
+                    acc = by_group[info.name].setdefault(str(g), [0.0, 0])
+                    in_g = torch.from_numpy(groups == g)
+                    acc[0] += float(per_row[in_g].sum())
+                    acc[1] += int(per_row[in_g].numel())
             judged, correct = _judged(info, idx, w, data, targets, oracle)
             w64, s = w.double(), sums[info.name]
             right, wrong = w64[judged & correct], w64[judged & ~correct]
@@ -91,5 +100,7 @@ def weight_diagnostics(task: DistillTask, data: PreparedData, targets: TeacherTa
             "teacher_error_rate": float(s["n_wrong"] / max(judged, 1)),
             "histogram": {"edges": edges[t].tolist(), "counts": counts[t].tolist()},
         }
+        if by_group[t]:
+            report[t]["mean_weight_by_group"] = {g: total / n for g, (total, n) in sorted(by_group[t].items()) if n}
     data.release_memory()
     return report

@@ -170,6 +170,15 @@ def markdown_report(results: dict, path: Path, plots: dict[str, Path]) -> Path:
                 lines.append(f"| {arm} | {t} | {w['mean_weight']:.3f} | {w['ess_fraction']:.3f} | "
                              f"{w['mean_weight_teacher_correct']:.3f} | {w['mean_weight_teacher_wrong']:.3f} | "
                              f"{w.get('kd_mass_teacher_wrong', float('nan')):.3f} |")
+        scenario_rows = [(arm, t, w["mean_weight_by_group"]) for arm, per_task in weighted.items()
+                         for t, w in per_task.items() if "mean_weight_by_group" in w]
+        if scenario_rows:
+            groups = sorted({g for _, _, by in scenario_rows for g in by})
+            lines += ["", "Mean distillation weight per business scenario (train rows, seed means; with "
+                      "`scenario_reliability` this is λ_g / λ):", "",
+                      "| arm | task | " + " | ".join(groups) + " |", "|---|---|" + "---|" * len(groups)]
+            lines += [f"| {arm} | {t} | " + " | ".join(f"{by[g]:.3f}" if g in by else "" for g in groups) + " |"
+                      for arm, t, by in scenario_rows]
     skipped = results.get("skipped_rows") or []
     lines += ["", f"## Skipped rows ({len(skipped)})", ""]
     if skipped:
