@@ -23,6 +23,9 @@ it leans on the teacher there), the privileged features are the 28×28 image.
         --set train.progress=false
     python bench/stale_history.py --design rare --seeds 5 --only drifted --extra=--no-labelled-only \
         --set train.progress=false
+    # the noise-margin protocol (sixteenth session): the default beside its z = 0 variant
+    python bench/stale_history.py --design stale --seeds 5 --tag _se --set train.progress=false \
+        --extra="--no-labelled-only --no-scenario --variant cpfd_se0:reliability_se=0"
 
 At λ = 0.5 the label term (averaged over the labelled rows of a batch, so each labelled row weighs
 about 11 times an unlabelled one here) keeps the student's argmax on the stale classes, and the stale targets

@@ -147,7 +147,8 @@ class DistillConfig(_Strict):
                             "true_class is the paper's per-row weight")
     reliability_se: float = Field(2.0, ge=0.0, description="scenario_reliability: a scenario is weighted down only "
                                   "where the teacher trails the no-privileged reference by more than this many "
-                                  "standard errors on its validation rows (0: any shortfall)")
+                                  "standard errors on its validation rows (0: any shortfall; 2 was chosen on "
+                                  "validation, bench/RESULTS.md)")
     weighting: Literal["kd_only", "interpolate", "gate"] = "kd_only"
     gate_threshold: float = Field(0.5, ge=0.0, le=1.0, description="γ for weighting=gate")
     normalize: bool = Field(False, description="divide w by its batch mean (separates weighting from a smaller λ)")
