@@ -154,9 +154,11 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=ROOT, help="folder with the four idx.gz files")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="config override for every run")
     parser.add_argument("--tag", default="", help="suffix of the output folder bench/out/headroom_<design><tag>")
+    parser.add_argument("--val", type=int, default=1000,
+                        help="validation rows of the current data (the rare scenario holds 5 %% of them)")
     args = parser.parse_args()
     base = OUT / f"headroom_{args.design}{args.tag}"
-    paths = build(args.design, args.data_dir, base)
+    paths = build(args.design, args.data_dir, base, n_val=args.val)
     current = {k: paths[k] for k in ("drifted", "control") if args.only in (None, k)}
     logits = history_teacher(paths["history"], current, base, args.sets)
     summary = {}

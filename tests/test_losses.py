@@ -56,14 +56,15 @@ def test_margin_values():
     assert close(f(*BIN), [0.6, 0.4]) and close(f(*MC), [0.5]) and close(f(*ML), [[0.8, 0.2]])
 
 
-def _binary_scenario_case(min_group_rows: int, shortfall_se: float = 0.0, last_row: tuple = (0.5, 0.5)):
+def _binary_scenario_case(min_group_rows: int, shortfall_se: float = 0.0, last_row: tuple = (0.5, 0.5),
+                          shortfall_power: float = 1.0):
     # rows: 0, 1 train; 2-5 validation. Scenario a: teacher beats the reference; b: it is worse.
     teacher = torch.tensor([0.9, 0.2, 0.8, 0.3, 0.4, last_row[0]])
     reference = torch.tensor([0.7, 0.4, 0.6, 0.4, 0.8, last_row[1]])
     labels = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 1.0])
     context = TaskContext(split=np.array(["train", "train", "val", "val", "val", "val"]),
                           groups=np.array(list("abaabb")), reference_probs=reference, min_group_rows=min_group_rows,
-                          shortfall_se=shortfall_se)
+                          shortfall_se=shortfall_se, shortfall_power=shortfall_power)
     return CONFIDENCES.get("scenario_reliability")(teacher, labels, torch.ones(6, dtype=torch.bool), "binary",
                                                    context=context)
 
@@ -85,6 +86,15 @@ def test_scenario_reliability_weights_down_only_a_shortfall_beyond_noise():
     for z, (a, b) in ((2.0, (1.171573, 0.828427)), (1.0, (4 / 3, 2 / 3))):
         c = _binary_scenario_case(min_group_rows=2, shortfall_se=z, last_row=(0.2, 0.8))
         assert torch.allclose(c, torch.tensor([a, b, a, a, b, b]), atol=1e-5), z
+
+
+def test_scenario_reliability_sharpness_raises_the_bound_to_a_power():
+    # b as above at z = 2: bound -.346574; k = 2 -> c_b = exp(-.693147) = .5 -> a 1.333333, b .666667;
+    # k = 0 -> every scenario 1 (PFD).
+    c = _binary_scenario_case(min_group_rows=2, shortfall_se=2.0, last_row=(0.2, 0.8), shortfall_power=2.0)
+    assert torch.allclose(c, torch.tensor([4 / 3, 2 / 3, 4 / 3, 4 / 3, 2 / 3, 2 / 3]), atol=1e-5)
+    flat = _binary_scenario_case(min_group_rows=2, shortfall_se=2.0, last_row=(0.2, 0.8), shortfall_power=0.0)
+    assert torch.allclose(flat, torch.ones(6), atol=1e-6)
 
 
 def test_scenario_reliability_falls_back_to_one_global_weight_for_small_scenarios():

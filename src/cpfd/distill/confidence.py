@@ -96,11 +96,12 @@ def scenario_reliability(probs: Tensor, labels: Tensor, label_mask: Tensor, task
 
     On the labelled validation rows of scenario g, with :math:`x_i = \log p^t_{i,y_i} - \log p^{ref}_{i,y_i}` the
     teacher's log-likelihood gain over the reference, :math:`\bar x_g` its mean over the :math:`n_g` rows and
-    :math:`s_g` their standard deviation, :math:`c_g = \min\bigl(1, \exp(\bar x_g + z\, s_g/\sqrt{n_g})\bigr)`
-    with :math:`z` = ``context.shortfall_se`` (``distill.reliability_se``, 2 by default): 1 where the teacher is
+    :math:`s_g` their standard deviation, :math:`c_g = \min\bigl(1, \exp(k(\bar x_g + z\, s_g/\sqrt{n_g}))\bigr)`
+    with :math:`z` = ``context.shortfall_se`` (``distill.reliability_se``, 2 by default) and :math:`k` =
+    ``context.shortfall_power`` (``distill.reliability_sharpness``, 1 by default): 1 where the teacher is
     at least as good as the reference (its privileged features help or are neutral) or trails it within noise,
-    the likelihood ratio's upper confidence bound where it is worse beyond noise (stale or misleading privileged
-    features). Where no scenario is unreliable beyond noise every weight is 1, so the recipe *is* PFD on an
+    the likelihood ratio's upper confidence bound (to the power k) where it is worse beyond noise (stale or
+    misleading privileged features); k → ∞ is a gate that drops those scenarios. Where no scenario is unreliable beyond noise every weight is 1, so the recipe *is* PFD on an
     in-distribution teacher instead of re-weighting scenarios by noise. Scenarios with fewer than
     ``context.min_group_rows`` validation rows use the same formula over all validation rows; without a
     ``group`` column every weight is 1 (PFD) and no reference is needed. The weights are then divided by their
@@ -124,7 +125,7 @@ def scenario_reliability(probs: Tensor, labels: Tensor, label_mask: Tensor, task
         mean_gain = torch.where(rows, gain, 0.0).sum(0) / n.clamp_min(1)
         spread = torch.where(rows, (gain - mean_gain) ** 2, 0.0).sum(0) / (n - 1).clamp_min(1)
         upper = mean_gain + context.shortfall_se * (spread / n.clamp_min(1)).sqrt()
-        return torch.where(n > 0, upper.exp().clamp(max=1.0), torch.ones_like(mean_gain))
+        return torch.where(n > 0, (context.shortfall_power * upper).exp().clamp(max=1.0), torch.ones_like(mean_gain))
 
     c = reliability(val).expand_as(gain).clone()
     if context.groups is not None:
