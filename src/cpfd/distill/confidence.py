@@ -101,10 +101,10 @@ def scenario_reliability(probs: Tensor, labels: Tensor, label_mask: Tensor, task
     ``context.shortfall_power`` (``distill.reliability_sharpness``, 1 by default): 1 where the teacher is
     at least as good as the reference (its privileged features help or are neutral) or trails it within noise,
     the likelihood ratio's upper confidence bound (to the power k) where it is worse beyond noise (stale or
-    misleading privileged features); k → ∞ is a gate that drops those scenarios. Where no scenario is unreliable beyond noise every weight is 1, so the recipe *is* PFD on an
-    in-distribution teacher instead of re-weighting scenarios by noise. Scenarios with fewer than
-    ``context.min_group_rows`` validation rows use the same formula over all validation rows; without a
-    ``group`` column every weight is 1 (PFD) and no reference is needed. The weights are then divided by their
+    misleading privileged features); k → ∞ is a gate that drops those scenarios. Where no scenario is unreliable
+    beyond noise every weight is 1, so the recipe *is* PFD on an in-distribution teacher instead of re-weighting
+    scenarios by noise. Scenarios with fewer than ``context.min_group_rows`` validation rows use the same formula
+    over all validation rows; without a ``group`` column every weight is 1 (PFD) and no reference is needed. The weights are then divided by their
     mean over train rows, so the average distillation strength stays λ (:math:`\lambda_g = \lambda\, c_g /
     \bar c`); unlike the other confidences, values can exceed 1.
     Weighting by scenario re-weights scenarios against each other and leaves the optimum inside each untouched.
