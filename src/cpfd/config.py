@@ -153,6 +153,11 @@ class DistillConfig(_Strict):
                                          "likelihood ratio's upper bound raised to this power (1: the ratio; "
                                          "larger: closer to a gate that drops scenarios trailing the reference "
                                          "beyond noise; 0: PFD)")
+    reliability_calibration: Literal["global", "scenario"] = Field(
+        "global", description="scenario_reliability: scenario compares teacher and reference after fitting each a "
+        "temperature on the scenario's validation rows, so a teacher that is only over- or under-confident in a "
+        "scenario (e.g. one without privileged features) keeps its weight; global compares their probabilities as "
+        "calibrated on all of validation")
     weighting: Literal["kd_only", "interpolate", "gate"] = "kd_only"
     gate_threshold: float = Field(0.5, ge=0.0, le=1.0, description="γ for weighting=gate")
     normalize: bool = Field(False, description="divide w by its batch mean (separates weighting from a smaller λ)")

@@ -20,11 +20,13 @@ confidence weighting beat uniform PFD?").
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from cpfd.distill.calibration import fit_temperature
 from cpfd.distill.context import TaskContext
 from cpfd.registry import CONFIDENCES
 from cpfd.task_types import task_type as as_task_type
@@ -90,6 +92,17 @@ def _log_gain(kind, probs: Tensor, reference_probs: Tensor, labels: Tensor) -> T
                      - kind.true_class_prob(reference_probs, labels).clamp_min(_EPS).log()).double())
 
 
+def _calibrated_log_gain(kind, probs: Tensor, reference_probs: Tensor, labels: Tensor, rows: Tensor) -> Tensor:
+    r""":func:`_log_gain` on ``rows`` after each model's own temperature fitted on those rows
+    (:func:`cpfd.distill.calibration.fit_temperature`: one per model, shared across labels for multilabel), so a
+    teacher that is only over- or under-confident there is not counted as less reliable than the reference."""
+    def tempered(p: Tensor) -> Tensor:
+        logits = kind.logits_from_probs(p[rows].double(), p[rows])
+        return kind.probs(logits, fit_temperature(logits, labels[rows], kind))
+
+    return _log_gain(kind, tempered(probs), tempered(reference_probs), labels[rows])
+
+
 @CONFIDENCES.register("scenario_reliability")
 def scenario_reliability(probs: Tensor, labels: Tensor, label_mask: Tensor, task_type, context: TaskContext) -> Tensor:
     r"""Per-scenario reliability of the teacher relative to a no-privileged reference, one weight per scenario.
@@ -116,24 +129,28 @@ def scenario_reliability(probs: Tensor, labels: Tensor, label_mask: Tensor, task
         return torch.ones(kind.true_class_prob(probs, labels).shape)
     if context.reference_probs is None:
         raise ValueError("scenario_reliability needs a no-privileged reference model (context.reference_probs)")
-    gain = _log_gain(kind, probs, context.reference_probs, labels)
     val = torch.from_numpy(np.asarray(context.split == "val")) & label_mask.bool()
-    val = val.unsqueeze(-1).expand_as(gain)
+    if context.scenario_calibrated:
+        gain_on = partial(_calibrated_log_gain, kind, probs, context.reference_probs, labels)
+    else:
+        plain = _log_gain(kind, probs, context.reference_probs, labels)
+        gain_on = lambda rows: plain[rows]  # noqa: E731
 
     def reliability(rows: Tensor) -> Tensor:
-        n = rows.sum(0)
-        mean_gain = torch.where(rows, gain, 0.0).sum(0) / n.clamp_min(1)
-        spread = torch.where(rows, (gain - mean_gain) ** 2, 0.0).sum(0) / (n - 1).clamp_min(1)
-        upper = mean_gain + context.shortfall_se * (spread / n.clamp_min(1)).sqrt()
-        return torch.where(n > 0, (context.shortfall_power * upper).exp().clamp(max=1.0), torch.ones_like(mean_gain))
+        if not bool(rows.any()):
+            return torch.ones(_columns(kind.true_class_prob(probs[:1], labels[:1])).shape[1], dtype=torch.float64)
+        gain = gain_on(rows)
+        n = gain.shape[0]
+        upper = gain.mean(0) + context.shortfall_se * (gain.var(0, correction=1) / n).nan_to_num(0.0).sqrt()
+        return (context.shortfall_power * upper).exp().clamp(max=1.0)
 
-    c = reliability(val).expand_as(gain).clone()
-    if context.groups is not None:
-        groups = np.asarray(context.groups)
-        for g in np.unique(groups):
-            in_g = torch.from_numpy(groups == g).unsqueeze(-1).expand_as(gain)
-            enough = (val & in_g).sum(0) >= context.min_group_rows
-            c = torch.where(in_g & enough, reliability(val & in_g).expand_as(gain), c)
+    width = _columns(kind.true_class_prob(probs[:1], labels[:1])).shape[1]
+    c = reliability(val).expand(len(val), width).clone()
+    groups = np.asarray(context.groups)
+    for g in np.unique(groups):
+        in_g = torch.from_numpy(groups == g)
+        if int((val & in_g).sum()) >= context.min_group_rows:
+            c[in_g] = reliability(val & in_g)
     train = torch.from_numpy(np.asarray(context.split == "train"))
     c = c / c[train].mean(0).clamp_min(_EPS)
     return c.float() if kind.per_label else c.float().squeeze(-1)

@@ -26,6 +26,7 @@ class TaskContext:
     min_group_rows: int = 30  # fewer labelled validation rows than this: a scenario uses the global estimate
     shortfall_se: float = 2.0  # a scenario's reliability drops only below 0 gain by more than this many s.e.
     shortfall_power: float = 1.0  # the reliability is the likelihood ratio's upper bound to this power
+    scenario_calibrated: bool = False  # compare teacher and reference after a temperature per scenario each
 
 
 def takes_context(fn) -> bool:

@@ -297,6 +297,7 @@ def confidence_contexts(data: PreparedData, objective, reference_dir=None, oracl
             fold_probs=fold_probs,
             split=data.split, groups=data.groups, reference_probs=ref_probs,
             shortfall_se=objective.cfg.reliability_se, shortfall_power=objective.cfg.reliability_sharpness,
+            scenario_calibrated=objective.cfg.reliability_calibration == "scenario",
             oracle_labels=oracle.labels.get(task.name) if hidden else None,
             oracle_mask=oracle.mask.get(task.name) if hidden else None)
     return contexts
