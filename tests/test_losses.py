@@ -97,6 +97,33 @@ def test_scenario_reliability_sharpness_raises_the_bound_to_a_power():
     assert torch.allclose(flat, torch.ones(6), atol=1e-6)
 
 
+def _calibration_case(scenario_calibrated: bool):
+    # Every label is 1; validation rows a a b b b c c, then one train row per scenario. a: teacher = reference;
+    # b: the teacher's logits are 3x the reference's (same ranking, over-confident, one row wrong);
+    # c: the teacher says .5 everywhere, the reference .75 and is always right (no temperature is fitted).
+    sharp = lambda p: torch.sigmoid(3 * torch.logit(torch.tensor(p))).item()  # noqa: E731
+    reference = torch.tensor([0.6, 0.6, 0.8, 0.7, 0.3, 0.75, 0.75, 0.6, 0.8, 0.75])
+    teacher = torch.tensor([0.6, 0.6, sharp(0.8), sharp(0.7), sharp(0.3), 0.5, 0.5, 0.6, sharp(0.8), 0.5])
+    context = TaskContext(split=np.array(["val"] * 7 + ["train"] * 3), groups=np.array(list("aabbbccabc")),
+                          reference_probs=reference, min_group_rows=2, shortfall_se=0.0,
+                          scenario_calibrated=scenario_calibrated)
+    return CONFIDENCES.get("scenario_reliability")(teacher, torch.ones(10), torch.ones(10, dtype=torch.bool),
+                                                   "binary", context=context)
+
+
+def test_scenario_reliability_calibrated_per_scenario_ignores_over_confidence_alone():
+    # c: gain ln(.5/.75) on both rows -> c_c = 2/3 either way (a constant .5 has no temperature to fit).
+    # b, global: gains ln(.984615/.8) = .207639, ln(.927027/.7) = .280891, ln(.072973/.3) = -1.413694;
+    #   c_b = exp(mean) = exp(-.308388) = .734654. Train mean (1 + .734654 + 2/3)/3 = .800440.
+    c = _calibration_case(False)
+    assert torch.allclose(c[7:], torch.tensor([1.249313, 0.917813, 0.832875]), atol=1e-5)
+    # b, per scenario: the teacher's fitted temperature is 3x the reference's, the tempered probabilities agree,
+    # the gain is 0 -> c_b = 1. Train mean (1 + 1 + 2/3)/3 = 8/9 -> 9/8, 9/8, 3/4.
+    c = _calibration_case(True)
+    assert torch.allclose(c[7:], torch.tensor([9 / 8, 9 / 8, 3 / 4]), atol=1e-4)
+    assert torch.allclose(c[:7], torch.tensor([9 / 8] * 5 + [3 / 4] * 2), atol=1e-4)
+
+
 def test_scenario_reliability_falls_back_to_one_global_weight_for_small_scenarios():
     # Groups of 2 validation rows < 3: one global reliability, so after normalisation every weight is 1 (= PFD).
     assert torch.allclose(_binary_scenario_case(min_group_rows=3), torch.ones(6), atol=1e-6)

@@ -149,15 +149,16 @@ class DistillConfig(_Strict):
                                   "where the teacher trails the no-privileged reference by more than this many "
                                   "standard errors on its validation rows (0: any shortfall; 2 was chosen on "
                                   "validation, bench/RESULTS.md)")
-    reliability_sharpness: float = Field(1.0, ge=0.0, description="scenario_reliability: the weight is the "
+    reliability_sharpness: float = Field(3.0, ge=0.0, description="scenario_reliability: the weight is the "
                                          "likelihood ratio's upper bound raised to this power (1: the ratio; "
                                          "larger: closer to a gate that drops scenarios trailing the reference "
-                                         "beyond noise; 0: PFD)")
+                                         "beyond noise; 0: PFD; 3 was chosen on validation with "
+                                         "reliability_calibration=scenario, bench/RESULTS.md)")
     reliability_calibration: Literal["global", "scenario"] = Field(
-        "global", description="scenario_reliability: scenario compares teacher and reference after fitting each a "
+        "scenario", description="scenario_reliability: scenario compares teacher and reference after fitting each a "
         "temperature on the scenario's validation rows, so a teacher that is only over- or under-confident in a "
         "scenario (e.g. one without privileged features) keeps its weight; global compares their probabilities as "
-        "calibrated on all of validation")
+        "calibrated on all of validation (the default before the nineteenth session)")
     weighting: Literal["kd_only", "interpolate", "gate"] = "kd_only"
     gate_threshold: float = Field(0.5, ge=0.0, le=1.0, description="γ for weighting=gate")
     normalize: bool = Field(False, description="divide w by its batch mean (separates weighting from a smaller λ)")

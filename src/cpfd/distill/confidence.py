@@ -111,14 +111,17 @@ def scenario_reliability(probs: Tensor, labels: Tensor, label_mask: Tensor, task
     teacher's log-likelihood gain over the reference, :math:`\bar x_g` its mean over the :math:`n_g` rows and
     :math:`s_g` their standard deviation, :math:`c_g = \min\bigl(1, \exp(k(\bar x_g + z\, s_g/\sqrt{n_g}))\bigr)`
     with :math:`z` = ``context.shortfall_se`` (``distill.reliability_se``, 2 by default) and :math:`k` =
-    ``context.shortfall_power`` (``distill.reliability_sharpness``, 1 by default): 1 where the teacher is
+    ``context.shortfall_power`` (``distill.reliability_sharpness``, 3 by default): 1 where the teacher is
     at least as good as the reference (its privileged features help or are neutral) or trails it within noise,
     the likelihood ratio's upper confidence bound (to the power k) where it is worse beyond noise (stale or
     misleading privileged features); k → ∞ is a gate that drops those scenarios. Where no scenario is unreliable
     beyond noise every weight is 1, so the recipe *is* PFD on an in-distribution teacher instead of re-weighting
-    scenarios by noise. Scenarios with fewer than ``context.min_group_rows`` validation rows use the same formula
-    over all validation rows; without a ``group`` column every weight is 1 (PFD) and no reference is needed. The weights are then divided by their
-    mean over train rows, so the average distillation strength stays λ (:math:`\lambda_g = \lambda\, c_g /
+    scenarios by noise. With ``context.scenario_calibrated`` (``distill.reliability_calibration: scenario``, the
+    default) :math:`x_i` compares the two models after each one's own temperature fitted on those rows
+    (:func:`_calibrated_log_gain`), so over- or under-confidence alone (a scenario without privileged features)
+    costs no weight, only a loss of discrimination does. Scenarios with fewer than ``context.min_group_rows``
+    validation rows use the same formula over all validation rows; without a ``group`` column every weight is 1
+    (PFD) and no reference is needed. The weights are then divided by their mean over train rows, so the average distillation strength stays λ (:math:`\lambda_g = \lambda\, c_g /
     \bar c`); unlike the other confidences, values can exceed 1.
     Weighting by scenario re-weights scenarios against each other and leaves the optimum inside each untouched.
     References: Lukasik et al., *Teacher's pet: understanding and mitigating biases in distillation*, TMLR 2022;
