@@ -139,15 +139,16 @@ def scenario_reliability(probs: Tensor, labels: Tensor, label_mask: Tensor, task
         plain = _log_gain(kind, probs, context.reference_probs, labels)
         gain_on = lambda rows: plain[rows]  # noqa: E731
 
+    width = _columns(kind.true_class_prob(probs[:1], labels[:1])).shape[1]  # 1, or L labels
+
     def reliability(rows: Tensor) -> Tensor:
         if not bool(rows.any()):
-            return torch.ones(_columns(kind.true_class_prob(probs[:1], labels[:1])).shape[1], dtype=torch.float64)
+            return torch.ones(width, dtype=torch.float64)
         gain = gain_on(rows)
         n = gain.shape[0]
         upper = gain.mean(0) + context.shortfall_se * (gain.var(0, correction=1) / n).nan_to_num(0.0).sqrt()
         return (context.shortfall_power * upper).exp().clamp(max=1.0)
 
-    width = _columns(kind.true_class_prob(probs[:1], labels[:1])).shape[1]
     c = reliability(val).expand(len(val), width).clone()
     groups = np.asarray(context.groups)
     for g in np.unique(groups):
