@@ -121,8 +121,9 @@ def scenario_reliability(probs: Tensor, labels: Tensor, label_mask: Tensor, task
     (:func:`_calibrated_log_gain`), so over- or under-confidence alone (a scenario without privileged features)
     costs no weight, only a loss of discrimination does. Scenarios with fewer than ``context.min_group_rows``
     validation rows use the same formula over all validation rows; without a ``group`` column every weight is 1
-    (PFD) and no reference is needed. The weights are then divided by their mean over train rows, so the average distillation strength stays λ (:math:`\lambda_g = \lambda\, c_g /
-    \bar c`); unlike the other confidences, values can exceed 1.
+    (PFD) and no reference is needed. The weights are then divided by their mean over train rows, so the
+    average distillation strength stays λ (:math:`\lambda_g = \lambda\, c_g / \bar c`); unlike the other
+    confidences, values can exceed 1.
     Weighting by scenario re-weights scenarios against each other and leaves the optimum inside each untouched.
     References: Lukasik et al., *Teacher's pet: understanding and mitigating biases in distillation*, TMLR 2022;
     Iliopoulos et al., *Weighted distillation with unlabeled examples*, NeurIPS 2022.
