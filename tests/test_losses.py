@@ -101,7 +101,7 @@ def _calibration_case(scenario_calibrated: bool):
     # Every label is 1; validation rows a a b b b c c, then one train row per scenario. a: teacher = reference;
     # b: the teacher's logits are 3x the reference's (same ranking, over-confident, one row wrong);
     # c: the teacher says .5 everywhere, the reference .75 and is always right (no temperature is fitted).
-    sharp = lambda p: torch.sigmoid(3 * torch.logit(torch.tensor(p))).item()  # noqa: E731
+    sharp = lambda p: torch.sigmoid(3 * torch.logit(torch.tensor(p))).item()
     reference = torch.tensor([0.6, 0.6, 0.8, 0.7, 0.3, 0.75, 0.75, 0.6, 0.8, 0.75])
     teacher = torch.tensor([0.6, 0.6, sharp(0.8), sharp(0.7), sharp(0.3), 0.5, 0.5, 0.6, sharp(0.8), 0.5])
     context = TaskContext(split=np.array(["val"] * 7 + ["train"] * 3), groups=np.array(list("aabbbccabc")),

@@ -138,7 +138,7 @@ def scenario_reliability(probs: Tensor, labels: Tensor, label_mask: Tensor, task
         gain_on = partial(_calibrated_log_gain, kind, probs, context.reference_probs, labels)
     else:
         plain = _log_gain(kind, probs, context.reference_probs, labels)
-        gain_on = lambda rows: plain[rows]  # noqa: E731
+        gain_on = lambda rows: plain[rows]
 
     width = _columns(kind.true_class_prob(probs[:1], labels[:1])).shape[1]  # 1, or L labels
 
